@@ -1,0 +1,714 @@
+"""Frepa corruption transforms (paper sections 3.1 and 3.2, spec section 1).
+
+Every transform takes channel-first images, ``(C, *spatial)``, or batches, ``(B, C, *spatial)`` (pass
+``spatial_dims`` for batches, since a 2D batch looks like a 3D volume), as torch tensors on any device or
+numpy arrays, and returns the input's type, dtype and device. Random transforms are MONAI
+``RandomizableTransform`` s: ``set_random_state(seed)`` makes them reproducible on CPU and CUDA alike, each
+call drawing one torch seed from ``self.R`` and all random numbers of the call from a torch generator on the
+image's device. Every image of a batch gets its own draw; all channels of one image share it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.utils import MAX_SEED, TransformBackends, convert_to_dst_type, convert_to_tensor
+
+from frepa_monai.frequency import frequency_indices, squared_frequency_distance
+
+__all__ = [
+    "FREQUENCY",
+    "IMAGE",
+    "FrequencyDualMask",
+    "FrequencyDualMaskd",
+    "HistogramEqualizedMask",
+    "HistogramEqualizedMaskd",
+    "HessianFilter",
+    "HessianFilterd",
+    "FrepaCorruptd",
+]
+
+FREQUENCY = 0
+"""Strategy code of frequency dual-component masking (stored under ``strategy_view<i>``)."""
+IMAGE = 1
+"""Strategy code of histogram-equalized image masking."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _as_batch(img: NdarrayOrTensor, spatial_dims: int | None, name: str) -> tuple[torch.Tensor, bool]:
+    """Return ``img`` as a float ``(B, C, *spatial)`` tensor and whether the input was batched.
+
+    Raises a ``ValueError`` naming the transform and the image's source file for a wrong number of
+    dimensions or for NaN / Inf values.
+    """
+    x = convert_to_tensor(img, track_meta=False)
+    source = _source_of(img)
+    dims = x.ndim - 1 if spatial_dims is None else spatial_dims
+    if dims not in (2, 3) or x.ndim not in (dims + 1, dims + 2):
+        raise ValueError(
+            f"{name}: {source}has shape {tuple(x.shape)}; expected channel-first (C, *spatial) or "
+            f"(B, C, *spatial) with 2 or 3 spatial dims (spatial_dims={spatial_dims})."
+        )
+    if not torch.is_floating_point(x) or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: {source}contains NaN or Inf values; clean or mask the image first.")
+    batched = x.ndim == dims + 2
+    return (x if batched else x[None]), batched
+
+
+def _source_of(img: NdarrayOrTensor) -> str:
+    """``"file '<path>' "`` for a MetaTensor loaded from a file, else ``""`` (for error messages)."""
+    if isinstance(img, MetaTensor):
+        filename = img.meta.get("filename_or_obj")
+        if filename:
+            return f"image '{filename}' "
+    return ""
+
+
+def _restore(out: torch.Tensor, batched: bool, like: NdarrayOrTensor) -> NdarrayOrTensor:
+    """Undo :func:`_as_batch`: drop the batch axis if the input had none, return the input's type and dtype."""
+    out = out if batched else out[0]
+    return convert_to_dst_type(out, like)[0]
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+class _TorchSeeded(RandomizableTransform):
+    """A ``RandomizableTransform`` whose ``randomize`` draws one torch seed per call from ``self.R``."""
+
+    _seed: int = 0
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self._seed = int(self.R.randint(MAX_SEED))
+
+
+@lru_cache(maxsize=32)
+def _canonical_plane(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a plane of FFT indices, which index of each pair ``(k, -k)`` is canonical, and which are self-paired.
+
+    Returns two bool tensors of ``shape``: ``canonical`` (``k`` is the smaller linear index of ``k`` and
+    ``-k mod shape``) and ``self_paired`` (``k == -k mod shape``, e.g. DC and Nyquist frequencies).
+    """
+    linear = torch.arange(math.prod(shape), device=device).view(shape)
+    mirrored = _mirror(linear, tuple(range(len(shape))))
+    return linear <= mirrored, linear == mirrored
+
+
+def _mirror(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``t[..., (-k) mod n, ...]`` along ``dims`` (index reflection of an un-shifted FFT grid)."""
+    return torch.roll(torch.flip(t, dims), shifts=(1,) * len(dims), dims=dims)
+
+
+def _make_hermitian(half: torch.Tensor, full_last_size: int) -> torch.Tensor:
+    """Make an ``rfftn``-layout field ``(B, *half_shape)`` Hermitian-symmetric, in place.
+
+    Only the planes of the last axis that are their own mirror (index 0 and, for even sizes, the Nyquist index)
+    hold both ``k`` and ``-k``; there the non-canonical member takes the (conjugated) value of its twin and
+    self-paired coefficients are made real. All other coefficients are independent in the ``rfftn`` layout.
+    """
+    planes = [0] + ([full_last_size // 2] if full_last_size % 2 == 0 else [])
+    plane_dims = tuple(range(1, half.ndim - 1))
+    for j in planes:
+        plane = half[..., j]
+        canonical, self_paired = _canonical_plane(tuple(plane.shape[1:]), plane.device)
+        twin = _mirror(plane, plane_dims)
+        if torch.is_complex(half):
+            twin = twin.conj()
+            plane = torch.where(canonical, plane, twin)
+            plane = torch.where(self_paired, plane.real.to(plane.dtype), plane)
+        else:
+            plane = torch.where(canonical, plane, twin)
+        half[..., j] = plane
+    return half
+
+
+# ----------------------------------------------------------------------------------------------------------
+# frequency dual-component masking
+# ----------------------------------------------------------------------------------------------------------
+
+
+class FrequencyDualMask(_TorchSeeded):
+    """Frequency dual-component masking (paper 3.1.1, Eq. 1-3; 3D: Eq. 12).
+
+    The centred spectrum of each image is tiled with ``patch_size`` patches (``16 x 16`` in 2D,
+    ``16 x 16 x 16`` in 3D, starting at the corner of the shifted spectrum; edge patches may be partial).
+    A patch whose centre lies at distance ``d`` (index units) from the spectrum centre is set to zero with
+    probability ``p = 1 - exp(-d^2 / d_c^2)``, ``d_c = cutoff_ratio * min(spatial size)`` (high-frequency
+    masking); then noise ``delta = N(0, sigma^2) * exp(-d^2 / d_c^2)`` with ``sigma = sigma_ratio * max|f|``
+    is added per frequency (low-frequency perturbation). ``E|delta|^2 = sigma^2`` for the complex noise.
+
+    The DC coefficient is never masked nor perturbed, so the image mean is unchanged. Mask and noise are
+    Hermitian-symmetric (``k`` and ``-k`` share their fate), so the result is real by construction: the
+    transform uses ``rfftn`` / ``irfftn``, one forward and one inverse transform per call. All channels of an
+    image share one mask and one noise draw.
+
+    Args:
+        patch_size: side of the spectrum patches (frequency index units).
+        cutoff_ratio: ``d_c / min(spatial size)`` of Eq. 2 and 3.
+        sigma_ratio: ``sigma / max|f|`` of Eq. 3.
+        high_freq_mask: apply high-frequency masking (``False``: the "w/o HM" ablation).
+        low_freq_perturb: apply low-frequency perturbation (``False``: the "w/o LP" ablation).
+        spatial_dims: 2 or 3; ``None`` takes ``img.ndim - 1`` (unbatched input).
+        prob: probability of corrupting at all (per call).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        cutoff_ratio: float = 0.2,
+        sigma_ratio: float = 0.002,
+        high_freq_mask: bool = True,
+        low_freq_perturb: bool = True,
+        spatial_dims: int | None = None,
+        prob: float = 1.0,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob)
+        if patch_size < 1 or cutoff_ratio <= 0 or sigma_ratio < 0:
+            raise ValueError(
+                f"FrequencyDualMask needs patch_size >= 1, cutoff_ratio > 0, sigma_ratio >= 0; got "
+                f"{patch_size}, {cutoff_ratio}, {sigma_ratio}."
+            )
+        self.patch_size = int(patch_size)
+        self.cutoff_ratio = float(cutoff_ratio)
+        self.sigma_ratio = float(sigma_ratio)
+        self.high_freq_mask = high_freq_mask
+        self.low_freq_perturb = low_freq_perturb
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        """Corrupt ``img`` of shape ``(C, *spatial)`` or ``(B, C, *spatial)``; returns the same shape."""
+        if randomize:
+            self.randomize()
+        x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
+        if not self._do_transform or not (self.high_freq_mask or self.low_freq_perturb):
+            return img
+        return _restore(self.corrupt(x, _generator(self._seed, x.device)), batched, img)
+
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Corrupt a float batch ``(B, C, *spatial)`` with the given generator; returns a new tensor."""
+        spatial = tuple(x.shape[2:])
+        dims = tuple(range(2, x.ndim))
+        cutoff = self.cutoff_ratio * min(spatial)
+        spectrum = torch.fft.rfftn(x, dim=dims)
+        if self.high_freq_mask:
+            spectrum = spectrum * self.keep_mask(x.shape[0], spatial, cutoff, x.device, generator)[:, None]
+        if self.low_freq_perturb and self.sigma_ratio > 0:
+            sigma = self.sigma_ratio * spectrum.abs().amax(dim=(1,) + dims)
+            noise = self.lowpass_noise(x.shape[0], spatial, cutoff, x.device, generator)
+            spectrum = spectrum + (sigma.view(-1, *[1] * (x.ndim - 1)) * noise[:, None]).to(spectrum.dtype)
+        return torch.fft.irfftn(spectrum, s=spatial, dim=dims)
+
+    def keep_mask(
+        self, batch: int, spatial: tuple[int, ...], cutoff: float, device: torch.device, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Boolean ``rfftn``-layout mask ``(B, *half_spectrum)``, ``False`` where a frequency is masked."""
+        patch_ids, centres = [], []
+        for axis, size in enumerate(spatial):
+            shifted = frequency_indices(size, real=axis == len(spatial) - 1) + size // 2  # position after fftshift
+            patch_ids.append(torch.div(shifted, self.patch_size, rounding_mode="floor").to(device))
+            first = torch.arange(0, size, self.patch_size, dtype=torch.float32)
+            last = (first + self.patch_size).clamp(max=size) - 1
+            centres.append(((first + last) / 2 - size // 2).to(device))
+        grid = torch.meshgrid(*centres, indexing="ij")
+        prob = 1.0 - torch.exp(-sum(c**2 for c in grid) / cutoff**2)  # (P_1, ..., P_d)
+        masked_patches = torch.rand((batch, *prob.shape), generator=generator, device=device) < prob
+        index = [ids.view([-1 if a == axis else 1 for a in range(len(spatial))]) for axis, ids in enumerate(patch_ids)]
+        masked = masked_patches[(slice(None), *index)]  # (B, *half_spectrum)
+        masked[(slice(None),) + (0,) * len(spatial)] = False  # DC is never masked: the mean is kept
+        return ~_make_hermitian(masked, spatial[-1])
+
+    def lowpass_noise(
+        self, batch: int, spatial: tuple[int, ...], cutoff: float, device: torch.device, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Complex Hermitian noise ``(B, *half_spectrum)`` with ``E|n|^2 = exp(-2 d^2 / d_c^2)``, zero at DC."""
+        weight = torch.exp(-squared_frequency_distance(spatial, real=True, device=device) / cutoff**2)
+        shape = (batch, *weight.shape)
+        noise = torch.complex(
+            torch.randn(shape, generator=generator, device=device), torch.randn(shape, generator=generator, device=device)
+        )
+        noise = _make_hermitian(noise * (weight / math.sqrt(2.0)), spatial[-1])
+        noise[(slice(None),) + (0,) * len(spatial)] = 0
+        return noise
+
+
+class FrequencyDualMaskd(_TorchSeeded, MapTransform):
+    """Dictionary twin of :class:`FrequencyDualMask`; every key gets its own draw."""
+
+    backend = FrequencyDualMask.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, kwargs.pop("prob", 1.0))
+        self.transform = FrequencyDualMask(**kwargs)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = _named(key, self.transform, d[key])
+        return d
+
+
+def _named(key: Hashable, transform, img, *args, **kwargs):
+    """Call ``transform(img)`` and prefix a ``ValueError`` with the dictionary key."""
+    try:
+        return transform(img, *args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"key '{key}': {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------------------
+# histogram-equalized image masking
+# ----------------------------------------------------------------------------------------------------------
+
+
+class HistogramEqualizedMask(_TorchSeeded):
+    """Histogram-equalized image-domain masking (paper 3.1.2, Eq. 4 and 13).
+
+    The image is tiled with ``patch_size`` patches (32 in 2D, 16 in 3D by default; edge patches may be
+    partial); ``round(mask_ratio * number of patches)`` of them are chosen uniformly and each is replaced by
+    Gaussian noise with that patch's own mean and standard deviation, per channel. The noise is
+    standardised per patch, so a masked patch keeps its mean and standard deviation exactly (a constant
+    patch stays constant). All other pixels are left bit-identical.
+
+    Args:
+        patch_size: patch side in pixels; ``None`` picks 32 for 2D and 16 for 3D images.
+        mask_ratio: fraction of patches to mask.
+        fill: ``"histogram"`` (Eq. 4) or ``"zero"`` (zero-patch masking, the "w/o IM" ablation).
+        spatial_dims: 2 or 3; ``None`` takes ``img.ndim - 1`` (unbatched input).
+        prob: probability of corrupting at all (per call).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        patch_size: int | None = None,
+        mask_ratio: float = 0.7,
+        fill: str = "histogram",
+        spatial_dims: int | None = None,
+        prob: float = 1.0,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob)
+        if fill not in ("histogram", "zero"):
+            raise ValueError(f"fill must be 'histogram' or 'zero', got {fill!r}.")
+        if not 0.0 <= mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}.")
+        if patch_size is not None and patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
+        self.patch_size = patch_size
+        self.mask_ratio = float(mask_ratio)
+        self.fill = fill
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        """Mask ``img`` of shape ``(C, *spatial)`` or ``(B, C, *spatial)``; returns the same shape."""
+        return self.call_with_mask(img, randomize)[0]
+
+    def call_with_mask(self, img: NdarrayOrTensor, randomize: bool = True) -> tuple[NdarrayOrTensor, torch.Tensor]:
+        """As ``__call__``, also returning the boolean pixel mask ``(1, *spatial)`` / ``(B, 1, *spatial)``."""
+        if randomize:
+            self.randomize()
+        x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
+        if not self._do_transform:
+            mask = torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
+            return img, (mask if batched else mask[0])
+        out, mask = self.corrupt(x, _generator(self._seed, x.device))
+        return _restore(out, batched, img), (mask if batched else mask[0])
+
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask a float batch ``(B, C, *spatial)``; returns the new batch and its pixel mask ``(B, 1, *spatial)``."""
+        batch, channels, *spatial = x.shape
+        nd = len(spatial)
+        ps = self.patch_size or (32 if nd == 2 else 16)
+        grid = [math.ceil(s / ps) for s in spatial]
+        pad = [p * ps - s for p, s in zip(grid, spatial)]
+        padded = F.pad(x, _pad_arg(pad)) if any(pad) else x
+        # (B, C, P1, ps, P2, ps[, P3, ps]): patch statistics reduce over the odd axes >= 3
+        patches = padded.reshape(batch, channels, *[n for p in grid for n in (p, ps)])
+        pix_axes = tuple(range(3, 3 + 2 * nd, 2))
+
+        n_patches = math.prod(grid)
+        n_masked = int(round(self.mask_ratio * n_patches))
+        scores = torch.rand((batch, n_patches), generator=generator, device=x.device)
+        chosen = torch.zeros((batch, n_patches), dtype=torch.bool, device=x.device)
+        chosen.scatter_(1, scores.topk(n_masked, dim=1).indices, True)
+        chosen = chosen.view(batch, 1, *[n for p in grid for n in (p, 1)])
+
+        if self.fill == "zero":
+            fill = torch.zeros((), dtype=x.dtype, device=x.device)
+        else:
+            valid = _valid_pixels(tuple(spatial), ps, x.device, x.dtype) if any(pad) else None
+            mean, std = _patch_moments(patches, valid, pix_axes)
+            noise = torch.randn(patches.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise_mean, noise_std = _patch_moments(noise, valid, pix_axes)
+            fill = mean + std * (noise - noise_mean) / noise_std.clamp_min(1e-12)
+        out = torch.where(chosen, fill, patches).reshape(padded.shape)
+        mask = chosen.expand(batch, 1, *[n for p in grid for n in (p, ps)]).reshape(batch, 1, *padded.shape[2:])
+        crop = (slice(None), slice(None), *[slice(0, s) for s in spatial])
+        return out[crop], mask[crop]
+
+
+def _pad_arg(pad: Sequence[int]) -> list[int]:
+    """``F.pad`` argument padding the end of each spatial axis by ``pad[axis]``."""
+    return [v for p in reversed(pad) for v in (0, p)]
+
+
+@lru_cache(maxsize=16)
+def _valid_pixels(spatial: tuple[int, ...], ps: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Patch view ``(1, 1, P1, ps, ...)`` of ones on the image and zeros on the padding."""
+    grid = [math.ceil(s / ps) for s in spatial]
+    ones = torch.ones((1, 1, *spatial), device=device, dtype=dtype)
+    padded = F.pad(ones, _pad_arg([p * ps - s for p, s in zip(grid, spatial)]))
+    return padded.reshape(1, 1, *[n for p in grid for n in (p, ps)])
+
+
+def _patch_moments(
+    patches: torch.Tensor, valid: torch.Tensor | None, axes: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (population) standard deviation per patch over the real (non-padded) pixels, kept dims."""
+    if valid is None:
+        mean = patches.mean(dim=axes, keepdim=True)
+        var = (patches - mean).square().mean(dim=axes, keepdim=True)
+        return mean, var.sqrt()
+    count = valid.sum(dim=axes, keepdim=True)
+    mean = (patches * valid).sum(dim=axes, keepdim=True) / count
+    var = ((patches - mean) * valid).square().sum(dim=axes, keepdim=True) / count
+    return mean, var.sqrt()
+
+
+class HistogramEqualizedMaskd(_TorchSeeded, MapTransform):
+    """Dictionary twin of :class:`HistogramEqualizedMask`; writes the pixel mask of the first key to ``mask_key``.
+
+    Args:
+        keys: images to mask (every key gets its own draw).
+        mask_key: where the boolean pixel mask ``(1, *spatial)`` (``True`` = masked) is stored; ``None``: nowhere.
+        kwargs: arguments of :class:`HistogramEqualizedMask`.
+    """
+
+    backend = HistogramEqualizedMask.backend
+
+    def __init__(
+        self, keys: KeysCollection, mask_key: str | None = "mask", allow_missing_keys: bool = False, **kwargs
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, kwargs.pop("prob", 1.0))
+        self.mask_key = mask_key
+        self.transform = HistogramEqualizedMask(**kwargs)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for i, key in enumerate(self.key_iterator(d)):
+            d[key], mask = _named(key, self.transform.call_with_mask, d[key])
+            if i == 0 and self.mask_key is not None:
+                d[self.mask_key] = mask
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hessian ridge channel
+# ----------------------------------------------------------------------------------------------------------
+
+
+class HessianFilter(Transform):
+    """Multi-scale Hessian ridge (vesselness) filter, Frangi-style, in the image domain (paper Eq. 6).
+
+    The channel mean of the image is smoothed with Gaussians of ``sigmas`` (pixels; separable convolution,
+    kernels cut at 3 sigma, edges replicated), its Hessian taken by central differences and scale-normalised
+    by ``sigma^2``. From the eigenvalues sorted by magnitude (``|l1| <= |l2| (<= |l3|)``) the Frangi measure
+    is ``exp(-Rb^2 / 2 beta^2) (1 - exp(-S^2 / 2 c^2))`` in 2D (``Rb = l1 / l2``) and
+    ``(1 - exp(-Ra^2 / 2 alpha^2)) exp(-Rb^2 / 2 beta^2) (1 - exp(-S^2 / 2 c^2))`` in 3D
+    (``Ra = l2 / l3``, ``Rb = l1 / sqrt(|l2 l3|)``), with ``S`` the Hessian norm and ``c`` half its maximum
+    per image and scale. The maximum over scales is divided by its maximum per image, giving one channel in
+    [0, 1] (all zeros for an image without ridges).
+
+    Args:
+        sigmas: Gaussian scales in pixels.
+        alpha, beta: Frangi's plate / blob sensitivities.
+        polarity: ``"both"`` (bright and dark ridges: vessels are dark in fundus photos, bright in CT
+            angiography), ``"bright"`` or ``"dark"``.
+        spatial_dims: 2 or 3; ``None`` takes ``img.ndim - 1`` (unbatched input).
+
+    Returns ``(1, *spatial)`` for ``(C, *spatial)`` input, ``(B, 1, *spatial)`` for batches.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        sigmas: Sequence[float] = (1.0, 2.0, 3.0),
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        polarity: str = "both",
+        spatial_dims: int | None = None,
+    ) -> None:
+        if polarity not in ("both", "bright", "dark"):
+            raise ValueError(f"polarity must be 'both', 'bright' or 'dark', got {polarity!r}.")
+        if not sigmas or min(sigmas) <= 0:
+            raise ValueError(f"sigmas must be positive, got {sigmas}.")
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self.alpha = alpha
+        self.beta = beta
+        self.polarity = polarity
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
+        return _restore(self.ridges(x.mean(dim=1, keepdim=True)), batched, img)
+
+    def ridges(self, x: torch.Tensor) -> torch.Tensor:
+        """Ridge measure of a single-channel float batch ``(B, 1, *spatial)``, scaled to [0, 1] per image."""
+        nd = x.ndim - 2
+        smoothed = _gaussian_smooth(x, self.sigmas)  # (B, S, *spatial), one channel per sigma
+        axes = tuple(range(2, 2 + nd))
+        first = torch.gradient(smoothed, dim=axes)
+        scale = torch.tensor(self.sigmas, device=x.device, dtype=x.dtype).view(1, -1, *[1] * nd) ** 2
+        hessian = {(a, b): torch.gradient(first[a], dim=axes[b])[0] * scale for a in range(nd) for b in range(a, nd)}
+        eig = _sorted_eigenvalues(hessian, nd)  # (..., nd), |l1| <= |l2| (<= |l3|)
+        norm2 = eig.square().sum(-1)
+        c2 = (0.5 * norm2.amax(dim=axes, keepdim=True).sqrt()).square().clamp_min(1e-20)
+        structure = 1.0 - torch.exp(-norm2 / (2 * c2))
+        tiny = 1e-10
+        if nd == 2:
+            l1, l2 = eig.unbind(-1)
+            rb2 = (l1 / l2.abs().clamp_min(tiny)).square()
+            vesselness = torch.exp(-rb2 / (2 * self.beta**2)) * structure
+            signs = [l2]
+        else:
+            l1, l2, l3 = eig.unbind(-1)
+            ra2 = (l2 / l3.abs().clamp_min(tiny)).square()
+            rb2 = l1.square() / (l2 * l3).abs().clamp_min(tiny)
+            vesselness = (
+                (1.0 - torch.exp(-ra2 / (2 * self.alpha**2))) * torch.exp(-rb2 / (2 * self.beta**2)) * structure
+            )
+            signs = [l2, l3]
+        for s in signs:  # bright ridges curve down (negative eigenvalues across the ridge), dark ones up
+            if self.polarity == "bright":
+                vesselness = vesselness * (s < 0)
+            elif self.polarity == "dark":
+                vesselness = vesselness * (s > 0)
+            vesselness = vesselness * (s != 0)
+        best = vesselness.amax(dim=1, keepdim=True)
+        peak = best.amax(dim=axes, keepdim=True)
+        return torch.where(peak > 0, best / peak.clamp_min(tiny), torch.zeros_like(best))
+
+
+def _gaussian_kernels(sigmas: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised 1D Gaussians of every sigma, zero-padded to one length, shape ``(S, 2r + 1)``."""
+    radius = max(int(math.ceil(3 * s)) for s in sigmas)
+    t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernels = torch.stack([torch.exp(-(t**2) / (2 * s**2)) * (t.abs() <= math.ceil(3 * s)) for s in sigmas])
+    return kernels / kernels.sum(dim=1, keepdim=True)
+
+
+def _gaussian_smooth(x: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``(B, 1, *spatial)`` at every sigma: ``(B, S, *spatial)``."""
+    nd = x.ndim - 2
+    conv = (F.conv2d, F.conv3d)[nd - 2]
+    kernels = _gaussian_kernels(sigmas, x.device, x.dtype)
+    radius = kernels.shape[1] // 2
+    out = x.expand(-1, len(sigmas), *x.shape[2:])
+    for axis in range(nd):
+        shape = [len(sigmas), 1] + [1] * nd
+        shape[2 + axis] = kernels.shape[1]
+        pad = [0] * (2 * nd)
+        pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), kernels.view(shape), groups=len(sigmas))
+    return out
+
+
+def _sorted_eigenvalues(h: dict[tuple[int, int], torch.Tensor], nd: int) -> torch.Tensor:
+    """Eigenvalues of the symmetric ``nd x nd`` Hessian field ``h[(a, b)]`` (``a <= b``), sorted by magnitude."""
+    if nd == 2:
+        half_trace = (h[0, 0] + h[1, 1]) / 2
+        radius = torch.sqrt(((h[0, 0] - h[1, 1]) / 2).square() + h[0, 1].square())
+        eig = torch.stack([half_trace - radius, half_trace + radius], dim=-1)
+    else:  # closed form for symmetric 3x3 matrices (trigonometric method)
+        a11, a22, a33, a12, a13, a23 = h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2]
+        q = (a11 + a22 + a33) / 3
+        p2 = (a11 - q).square() + (a22 - q).square() + (a33 - q).square() + 2 * (a12**2 + a13**2 + a23**2)
+        p = torch.sqrt(p2 / 6)
+        ps = torch.where(p > 1e-12, p, torch.ones_like(p))
+        b11, b22, b33, b12, b13, b23 = (a11 - q) / ps, (a22 - q) / ps, (a33 - q) / ps, a12 / ps, a13 / ps, a23 / ps
+        det = b11 * (b22 * b33 - b23**2) - b12 * (b12 * b33 - b23 * b13) + b13 * (b12 * b23 - b22 * b13)
+        phi = torch.acos((det / 2).clamp(-1.0, 1.0)) / 3
+        e1 = q + 2 * p * torch.cos(phi)
+        e3 = q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
+        eig = torch.stack([e1, 3 * q - e1 - e3, e3], dim=-1)
+    order = eig.abs().argsort(dim=-1)
+    return eig.gather(-1, order)
+
+
+class HessianFilterd(MapTransform):
+    """Dictionary twin of :class:`HessianFilter`.
+
+    Args:
+        keys: images to filter.
+        output_keys: where to store each key's ridge channel; default ``"<key>_hessian"``.
+        append: instead, concatenate the ridge channel to the image itself (``in_channels + 1`` channels,
+            the downstream encoder input ``concat(image, HessianFilter(image))``).
+        kwargs: arguments of :class:`HessianFilter`.
+    """
+
+    backend = HessianFilter.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_keys: KeysCollection | None = None,
+        append: bool = False,
+        allow_missing_keys: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_keys = [f"{k}_hessian" for k in self.keys] if output_keys is None else list(output_keys)
+        if len(self.output_keys) != len(self.keys):
+            raise ValueError(f"output_keys {self.output_keys} must match keys {self.keys} one to one.")
+        self.append = append
+        self.filter = HessianFilter(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key, out_key in self.key_iterator(d, self.output_keys):
+            ridges = _named(key, self.filter, d[key])
+            if self.append:
+                batch_axis = 1 if d[key].ndim == (self.filter.spatial_dims or d[key].ndim - 1) + 2 else 0
+                cat = torch.cat if isinstance(d[key], torch.Tensor) else np.concatenate
+                d[key] = cat([d[key], ridges], batch_axis)
+            else:
+                d[out_key] = ridges
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the Frepa corruption of one sample (or batch): two views + Hessian channel
+# ----------------------------------------------------------------------------------------------------------
+
+
+class FrepaCorruptd(_TorchSeeded, MapTransform):
+    """Two independently corrupted views of an image plus the Hessian channel (paper Fig. 2a, 3.2).
+
+    Each view is made by frequency dual-component masking (probability ``prob_frequency``) or by
+    histogram-equalized image masking, drawn independently per view and per image of a batch. Writes
+    ``<key>_view<i>`` (corrupted image), ``mask_view<i>`` (bool pixel mask ``(1, *spatial)``, all ``True``
+    for the frequency strategy, so the masked RMSE covers the whole image), ``strategy_view<i>``
+    (int64 :data:`FREQUENCY` or :data:`IMAGE`, shape ``()`` or ``(B,)``) and, unless ``use_hessian=False``,
+    ``hessian`` (:class:`HessianFilter` of the raw image, ``(1, *spatial)``). Works in a data pipeline on
+    single samples and on a collated batch already on the GPU (pass ``spatial_dims``).
+
+    Args:
+        keys: the image key (exactly one).
+        views: number of views.
+        prob_frequency: probability of the frequency strategy for a view.
+        frequency_mask: offer the frequency strategy (``False``: the "w/o FM" ablation, image masking only).
+        image_mask: offer the image strategy (``False``: frequency masking only).
+        fill: image masking fill, ``"histogram"`` or ``"zero"`` (the "w/o IM" ablation).
+        high_freq_mask, low_freq_perturb, cutoff_ratio, sigma_ratio, frequency_patch_size: see
+            :class:`FrequencyDualMask`.
+        mask_ratio, image_patch_size: see :class:`HistogramEqualizedMask`.
+        use_hessian, sigmas: compute the Hessian channel and its scales.
+        spatial_dims: 2 or 3; required for batched input.
+        mask_key, strategy_key, hessian_key: output key names.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        views: int = 2,
+        prob_frequency: float = 0.5,
+        frequency_mask: bool = True,
+        image_mask: bool = True,
+        fill: str = "histogram",
+        high_freq_mask: bool = True,
+        low_freq_perturb: bool = True,
+        cutoff_ratio: float = 0.2,
+        sigma_ratio: float = 0.002,
+        frequency_patch_size: int = 16,
+        mask_ratio: float = 0.7,
+        image_patch_size: int | None = None,
+        use_hessian: bool = True,
+        sigmas: Sequence[float] = (1.0, 2.0, 3.0),
+        spatial_dims: int | None = None,
+        mask_key: str = "mask",
+        strategy_key: str = "strategy",
+        hessian_key: str = "hessian",
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, 1.0)
+        if len(self.keys) != 1:
+            raise ValueError(f"FrepaCorruptd corrupts exactly one key, got {self.keys}.")
+        if not (frequency_mask or image_mask):
+            raise ValueError("FrepaCorruptd needs at least one of frequency_mask and image_mask.")
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}.")
+        self.views = views
+        self.prob_frequency = prob_frequency if (frequency_mask and image_mask) else float(frequency_mask)
+        self.spatial_dims = spatial_dims
+        self.frequency = FrequencyDualMask(
+            frequency_patch_size, cutoff_ratio, sigma_ratio, high_freq_mask, low_freq_perturb, spatial_dims
+        )
+        self.image = HistogramEqualizedMask(image_patch_size, mask_ratio, fill, spatial_dims)
+        self.hessian = HessianFilter(sigmas, spatial_dims=spatial_dims) if use_hessian else None
+        self.mask_key, self.strategy_key, self.hessian_key = mask_key, strategy_key, hessian_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        key = self.keys[0]
+        img = d[key]
+        self.randomize()
+        try:
+            x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
+        except ValueError as e:
+            raise ValueError(f"key '{key}': {e}") from e
+        gen = _generator(self._seed, x.device)
+        for view in range(1, self.views + 1):
+            use_freq = torch.rand(x.shape[0], generator=gen, device=x.device) < self.prob_frequency
+            out = torch.empty_like(x)
+            mask = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
+            if bool(use_freq.any()):
+                out[use_freq] = self.frequency.corrupt(x[use_freq], gen)
+            if not bool(use_freq.all()):
+                out[~use_freq], mask[~use_freq] = self.image.corrupt(x[~use_freq], gen)
+            strategy = torch.where(use_freq, FREQUENCY, IMAGE)
+            d[f"{key}_view{view}"] = _restore(out, batched, img)
+            d[f"{self.mask_key}_view{view}"] = mask if batched else mask[0]
+            d[f"{self.strategy_key}_view{view}"] = strategy if batched else strategy[0]
+        if self.hessian is not None:
+            d[self.hessian_key] = _restore(self.hessian.ridges(x.mean(dim=1, keepdim=True)), batched, img)
+        return d
