@@ -272,20 +272,27 @@ def _spectrum_peak(x: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
     return torch.where(nonnegative, dc, power.flatten(1).amax(dim=1).sqrt())
 
 
-class FrequencyDualMaskd(_TorchSeeded, MapTransform):
-    """Dictionary twin of :class:`FrequencyDualMask`; every key gets its own draw."""
+class _RandomDictTwin(_TorchSeeded, MapTransform):
+    """Plumbing shared by the random dictionary twins: one array transform, seeded with the twin."""
 
-    backend = FrequencyDualMask.backend
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(self, keys: KeysCollection, transform: RandomizableTransform, prob: float, allow_missing_keys: bool):
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, kwargs.pop("prob", 1.0))
-        self.transform = FrequencyDualMask(**kwargs)
+        RandomizableTransform.__init__(self, prob)
+        self.transform = transform
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
         self.transform.set_random_state(seed, state)
         return self
+
+
+class FrequencyDualMaskd(_RandomDictTwin):
+    """Dictionary twin of :class:`FrequencyDualMask`; every key gets its own draw."""
+
+    backend = FrequencyDualMask.backend
+
+    def __init__(self, keys: KeysCollection, prob: float = 1.0, allow_missing_keys: bool = False, **kwargs) -> None:
+        super().__init__(keys, FrequencyDualMask(**kwargs), prob, allow_missing_keys)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
@@ -434,7 +441,7 @@ def _patch_moments(patches: torch.Tensor, valid: torch.Tensor | None) -> tuple[t
     return mean, torch.linalg.vector_norm((patches - mean) * valid, dim=-1, keepdim=True) / count.sqrt()
 
 
-class HistogramEqualizedMaskd(_TorchSeeded, MapTransform):
+class HistogramEqualizedMaskd(_RandomDictTwin):
     """Dictionary twin of :class:`HistogramEqualizedMask`; writes the pixel mask of the first key to ``mask_key``.
 
     Args:
@@ -446,17 +453,15 @@ class HistogramEqualizedMaskd(_TorchSeeded, MapTransform):
     backend = HistogramEqualizedMask.backend
 
     def __init__(
-        self, keys: KeysCollection, mask_key: str | None = "mask", allow_missing_keys: bool = False, **kwargs
+        self,
+        keys: KeysCollection,
+        mask_key: str | None = "mask",
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+        **kwargs,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, kwargs.pop("prob", 1.0))
+        super().__init__(keys, HistogramEqualizedMask(**kwargs), prob, allow_missing_keys)
         self.mask_key = mask_key
-        self.transform = HistogramEqualizedMask(**kwargs)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.transform.set_random_state(seed, state)
-        return self
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
