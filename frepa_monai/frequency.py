@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["frequency_indices", "squared_frequency_distance", "gaussian_highpass", "gaussian_lowpass"]
+__all__ = ["frequency_indices", "squared_frequency_distance", "gaussian_highpass", "gaussian_lowpass", "filter_bank"]
 
 
 def frequency_indices(size: int, real: bool = False) -> torch.Tensor:
@@ -67,3 +67,22 @@ def gaussian_highpass(
 ) -> torch.Tensor:
     """Gaussian high-pass transfer function ``1 - exp(-d^2 / cutoff^2)`` (paper Eq. 9's ``O_h``)."""
     return 1.0 - gaussian_lowpass(spatial_shape, cutoff, real, device)
+
+
+def filter_bank(x: torch.Tensor, transfer_functions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Apply ``K`` real, centred-symmetric frequency filters to a batch ``(B, C, *spatial)`` at once.
+
+    Args:
+        x: real images, 2 or 3 spatial dims.
+        transfer_functions: ``K`` tensors in the ``rfftn`` layout of ``x``'s spatial shape (``real=True``
+            grids of this module).
+
+    Returns:
+        ``(K, B, C, *spatial)`` float32 tensor (float64 for float64 input): one forward ``rfftn`` and one
+        batched ``irfftn``.
+    """
+    spatial = tuple(x.shape[2:])
+    filters = torch.stack(list(transfer_functions)).view(len(transfer_functions), 1, 1, *transfer_functions[0].shape)
+    x = x if x.dtype == torch.float64 else x.float()
+    spectrum = torch.fft.rfftn(x, dim=tuple(range(2, x.ndim)))
+    return torch.fft.irfftn(spectrum[None] * filters, s=spatial, dim=tuple(range(3, x.ndim + 1)))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn.modules.loss import _Loss
 
-from frepa_monai.frequency import gaussian_highpass
+from frepa_monai.frequency import filter_bank, gaussian_highpass
 
 __all__ = [
     "MaskedRMSELoss",
@@ -94,7 +94,8 @@ class HierarchicalFrequencyLoss(_ImageLoss):
 
     ``mean_k mean |O_k(input) - O_k(target)|`` with Gaussian high-pass filters
     ``H_k(d) = 1 - exp(-d^2 / (c_k min(spatial size))^2)``, compared in the image domain. As the filters are
-    linear, one ``rfftn`` of the error and one batched ``irfftn`` over the ``K`` filters suffice.
+    linear, one ``rfftn`` of the error and one batched ``irfftn`` over the ``K`` filters suffice
+    (:func:`~frepa_monai.frequency.filter_bank`).
 
     Args:
         cutoff_ratios: the ``c_k``; the paper's (0.1, 0.2, 0.3, 0.4, 0.5).
@@ -109,13 +110,9 @@ class HierarchicalFrequencyLoss(_ImageLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_pair(input, target, type(self).__name__)
         spatial = tuple(input.shape[2:])
-        dims = tuple(range(3, input.ndim + 1))  # spatial axes after a leading filter axis
-        filters = torch.stack(
-            [gaussian_highpass(spatial, c * min(spatial), real=True, device=input.device) for c in self.cutoff_ratios]
-        ).view(len(self.cutoff_ratios), 1, 1, *[s for s in spatial[:-1]], spatial[-1] // 2 + 1)
-        error_spectrum = torch.fft.rfftn((input - target).float(), dim=tuple(range(2, input.ndim)))
-        filtered = torch.fft.irfftn(error_spectrum[None] * filters, s=spatial, dim=dims)  # (K, B, C, *spatial)
-        per_image = filtered.abs().mean(dim=(0, 2, *dims))
+        highpass = [gaussian_highpass(spatial, c * min(spatial), real=True, device=input.device) for c in self.cutoff_ratios]
+        filtered = filter_bank(input - target, highpass)  # (K, B, C, *spatial): the filters are linear
+        per_image = filtered.abs().mean(dim=(0, *range(2, filtered.ndim)))
         return self._reduce(per_image.to(input.dtype))
 
 

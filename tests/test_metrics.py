@@ -1,0 +1,67 @@
+"""Frequency fidelity (spec section 5) on signals whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from frepa_monai.metrics import FrequencyFidelityMetric, band_filters, frequency_fidelity
+
+
+def tone(shape, frequency: int, amplitude: float) -> torch.Tensor:
+    x = torch.arange(shape[-1], dtype=torch.float64)
+    return (amplitude * torch.cos(2 * math.pi * frequency * x / shape[-1])).expand(1, 1, *shape).clone()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 1, 33, 40), (2, 1, 16, 20, 24)])
+def test_perfect_reconstruction_scores_one_in_every_band(shape):
+    image = torch.rand(shape)
+    rho = frequency_fidelity(image.clone(), image)
+    assert set(rho) == {"rho_low", "rho_mid", "rho_high"}
+    for value in rho.values():
+        assert value.shape == (shape[0],)
+        torch.testing.assert_close(value, torch.ones(shape[0]))
+
+
+def test_bands_partition_the_spectrum():
+    filters = band_filters((64, 48))
+    torch.testing.assert_close(filters["low"] + filters["mid"] + filters["high"], torch.ones_like(filters["low"]))
+    assert (filters["mid"] >= 0).all() and filters["low"][0, 0] == 1 and filters["high"][0, 0] == 0
+
+
+def test_high_frequency_error_lowers_mainly_rho_high():
+    image = torch.rand(1, 1, 128, 128, dtype=torch.float64)
+    recon = image + tone((128, 128), 50, 0.05)  # far above the high-pass cut-off of 0.25 * 128 = 32
+    rho = frequency_fidelity(recon, image)
+    assert rho["rho_high"].item() < 0.97
+    assert rho["rho_low"].item() > 0.9999 and rho["rho_mid"].item() > rho["rho_high"].item() + 0.02
+
+
+def test_low_frequency_error_lowers_mainly_rho_low():
+    image = torch.rand(1, 1, 128, 128, dtype=torch.float64)
+    rho = frequency_fidelity(image + 0.05, image)  # a DC offset: all low frequency
+    assert rho["rho_low"].item() == pytest.approx(0.95)
+    assert rho["rho_mid"].item() == pytest.approx(1.0) and rho["rho_high"].item() == pytest.approx(1.0)
+
+
+def test_rho_is_one_minus_the_filtered_rmse_of_a_tone():
+    """A tone of frequency k passes O_high with gain 1 - exp(-k^2 / c^2): the RMSE is amplitude * gain / sqrt(2)."""
+    n, k, amplitude = 128, 40, 0.1
+    rho = frequency_fidelity(tone((n, n), k, amplitude), torch.zeros(1, 1, n, n, dtype=torch.float64))
+    gain = 1 - math.exp(-(k**2) / (0.25 * n) ** 2)
+    assert rho["rho_high"].item() == pytest.approx(1 - amplitude * gain / math.sqrt(2), rel=1e-9)
+
+
+def test_cumulative_metric_averages_per_image_values_over_batches():
+    metric = FrequencyFidelityMetric(band="high")
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(3, 1, 32, 32)
+    noisy = b + 0.2 * torch.randn_like(b)
+    metric(a, a)
+    metric(noisy, b)
+    expected = torch.cat([torch.ones(2), frequency_fidelity(noisy, b)["rho_high"]]).mean()
+    assert metric.aggregate().item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() < 1.0
+    with pytest.raises(ValueError, match="band must be"):
+        FrequencyFidelityMetric(band="ultra")
