@@ -51,7 +51,7 @@ def test_rho_is_one_minus_the_filtered_rmse_of_a_tone():
     n, k, amplitude = 128, 40, 0.1
     rho = frequency_fidelity(tone((n, n), k, amplitude), torch.zeros(1, 1, n, n, dtype=torch.float64))
     gain = 1 - math.exp(-(k**2) / (0.25 * n) ** 2)
-    assert rho["rho_high"].item() == pytest.approx(1 - amplitude * gain / math.sqrt(2), rel=1e-9)
+    assert rho["rho_high"].item() == pytest.approx(1 - amplitude * gain / math.sqrt(2), rel=1e-6)  # float32 filters
 
 
 def test_cumulative_metric_averages_per_image_values_over_batches():
