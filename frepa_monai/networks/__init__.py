@@ -1,0 +1,73 @@
+"""Frepa networks (spec section 3): encoders, decoder, autoencoder, 2D-to-3D slice transformer, task heads,
+the frequency-disentangled comparison network, and encoder checkpoints."""
+
+from frepa_monai.networks.autoencoder import FrepaAutoEncoder, build_autoencoder
+from frepa_monai.networks.checkpoint import (
+    EncoderLoadReport,
+    build_encoder_from_checkpoint,
+    load_encoder_weights,
+    read_encoder_checkpoint,
+    save_encoder_checkpoint,
+)
+from frepa_monai.networks.decoders import ConvDecoder
+from frepa_monai.networks.encoders import (
+    ENCODER_PRESETS,
+    ConvNeXtBlock,
+    ConvNeXtEncoder,
+    MedNeXtEncoder,
+    SwinEncoder,
+    ViTEncoder,
+    build_encoder,
+    build_whole_network,
+    pad_to_multiple,
+)
+from frepa_monai.networks.factory import (
+    build_head,
+    build_pretrained_whole_network,
+    build_slice_transformer,
+    build_task_network,
+)
+from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet, frequency_split
+from frepa_monai.networks.heads import (
+    ClassificationHead,
+    DetectionHead,
+    DetectionLoss,
+    FrepaTaskNet,
+    SegmentationHead,
+    giou_loss,
+)
+from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_embedding_1d
+
+__all__ = [
+    "ENCODER_PRESETS",
+    "ClassificationHead",
+    "ConvDecoder",
+    "ConvNeXtBlock",
+    "ConvNeXtEncoder",
+    "DetectionHead",
+    "DetectionLoss",
+    "EncoderLoadReport",
+    "FrepaAutoEncoder",
+    "FrepaTaskNet",
+    "FrequencyDisentangledNet",
+    "MedNeXtEncoder",
+    "SegmentationHead",
+    "SliceTransformer",
+    "SwinEncoder",
+    "ViTEncoder",
+    "build_autoencoder",
+    "build_encoder",
+    "build_encoder_from_checkpoint",
+    "build_head",
+    "build_pretrained_whole_network",
+    "build_slice_transformer",
+    "build_task_network",
+    "build_whole_network",
+    "frequency_split",
+    "giou_loss",
+    "load_encoder_weights",
+    "pad_to_multiple",
+    "read_encoder_checkpoint",
+    "save_encoder_checkpoint",
+    "sinusoidal_embedding_1d",
+]

@@ -1,0 +1,72 @@
+"""The Frepa encoder-decoder ``N`` of paper Eq. 5-6: ``N[(O x) (+) x~] -> x``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from frepa_monai.networks.decoders import ConvDecoder
+from frepa_monai.networks.encoders import build_encoder
+
+__all__ = ["FrepaAutoEncoder", "build_autoencoder"]
+
+
+class FrepaAutoEncoder(nn.Module):
+    """An encoder ``E`` and a :class:`~frepa_monai.networks.decoders.ConvDecoder`.
+
+    - ``forward(x)``: ``(B, C_in, *spatial)`` -> reconstruction ``(B, C_out, *spatial)``, the same spatial size
+      as ``x`` (conv / Swin encoders pad internally, the decoder crops back; a ViT needs ``x`` of its img_size).
+    - ``embed(x)``: ``(B, C_in, *spatial)`` -> ``E(x)``, the encoder feature map ``(B, F, *grid)`` used by the
+      consistency loss (paper Eq. 10; the loss takes the softmax over dim 1).
+    - ``forward_with_embedding(x)``: both from one encoder pass.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, *spatial)`` -> ``(B, F, *grid)``."""
+        return self.encoder(x)
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C_in, *spatial)`` -> (reconstruction ``(B, C_out, *spatial)``, embedding ``(B, F, *grid)``)."""
+        embedding = self.encoder(x)
+        return self.decoder(embedding, x.shape[2:]), embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, *spatial)`` -> ``(B, C_out, *spatial)``."""
+        return self.decoder(self.encoder(x), x.shape[2:])
+
+
+def build_autoencoder(
+    name: str,
+    spatial_dims: int,
+    in_channels: int,
+    img_size: Sequence[int] | int,
+    out_channels: int | None = None,
+    decoder_channels: Sequence[int] | None = None,
+    **encoder_overrides,
+) -> FrepaAutoEncoder:
+    """Encoder preset ``name`` + a matching ``ConvDecoder``.
+
+    Args:
+        name: encoder preset (see :data:`~frepa_monai.networks.encoders.ENCODER_PRESETS`).
+        spatial_dims: 2 or 3.
+        in_channels: input channels, the Hessian channel included (2D: 3 + 1 = 4, 3D: 1 + 1 = 2).
+        img_size: training image size (see :func:`~frepa_monai.networks.encoders.build_encoder`).
+        out_channels: reconstructed channels, default ``in_channels - 1`` (the image without the Hessian
+            channel); pass ``in_channels`` for the ``use_hessian=False`` ablation.
+        decoder_channels: channels of the decoder blocks (default: halving from the encoder's channels).
+        encoder_overrides: passed to ``build_encoder``.
+    """
+    if out_channels is None:
+        if in_channels < 2:
+            raise ValueError(f"in_channels={in_channels} leaves no image channel besides the Hessian channel.")
+        out_channels = in_channels - 1
+    encoder = build_encoder(name, spatial_dims, in_channels, img_size, **encoder_overrides)
+    decoder = ConvDecoder(encoder.out_channels, out_channels, encoder.stride, spatial_dims, channels=decoder_channels)
+    return FrepaAutoEncoder(encoder, decoder)

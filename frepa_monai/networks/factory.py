@@ -1,0 +1,139 @@
+"""One-call builders of downstream networks for bundle configs (``_target_``).
+
+Pretrained encoder weights are loaded here, inside the network definition (``encoder_checkpoint=``), not by a
+``CheckpointLoader`` in ``train.json``: spec section 10 (MONAI Label broke on the latter, model zoo PR 414).
+Inference configs pass ``encoder_checkpoint=None`` and load the whole trained network from ``models/model.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch.nn as nn
+
+from frepa_monai.networks.checkpoint import load_encoder_weights
+from frepa_monai.networks.encoders import build_encoder, build_whole_network
+from frepa_monai.networks.heads import ClassificationHead, DetectionHead, FrepaTaskNet, SegmentationHead
+from frepa_monai.networks.slice_transformer import SliceTransformer
+
+__all__ = ["build_head", "build_task_network", "build_slice_transformer", "build_pretrained_whole_network"]
+
+HEADS = ("segmentation", "classification", "detection")
+
+
+def build_head(
+    head: str,
+    in_channels: int,
+    stride: Sequence[int],
+    spatial_dims: int,
+    out_channels: int = 2,
+    **head_kwargs,
+) -> nn.Module:
+    """A task head on a feature map of ``in_channels`` channels and ``stride``.
+
+    ``"segmentation"`` -> :class:`SegmentationHead` with ``out_channels`` classes, ``"classification"`` ->
+    :class:`ClassificationHead` with ``out_channels`` classes, ``"detection"`` -> :class:`DetectionHead`
+    (``out_channels`` ignored: the head outputs ``2 * spatial_dims + 1`` numbers).
+    """
+    if head == "segmentation":
+        return SegmentationHead(in_channels, out_channels, stride, spatial_dims, **head_kwargs)
+    if head == "classification":
+        return ClassificationHead(in_channels, out_channels, spatial_dims, **head_kwargs)
+    if head == "detection":
+        return DetectionHead(in_channels, spatial_dims, **head_kwargs)
+    raise ValueError(f"unknown head '{head}', choose one of {HEADS}.")
+
+
+def build_task_network(
+    encoder_name: str,
+    spatial_dims: int,
+    in_channels: int,
+    img_size: Sequence[int] | int,
+    head: str | nn.Module = "segmentation",
+    out_channels: int = 2,
+    encoder_checkpoint: str | os.PathLike | None = None,
+    freeze_encoder: bool = True,
+    head_kwargs: dict | None = None,
+    encoder_overrides: dict | None = None,
+) -> FrepaTaskNet:
+    """Encoder preset + task head in one :class:`FrepaTaskNet`, optionally with pretrained encoder weights.
+
+    Args:
+        encoder_name: encoder preset, e.g. ``"vit_b"``.
+        spatial_dims: 2 or 3.
+        in_channels: input channels, the Hessian channel included.
+        img_size: image size (see :func:`~frepa_monai.networks.encoders.build_encoder`).
+        head: a head name (see :func:`build_head`) or a head module.
+        out_channels: classes of the segmentation / classification head.
+        encoder_checkpoint: Frepa encoder checkpoint loaded strictly into the encoder; None keeps it random
+            (a randomly initialised baseline, or inference where ``model.pt`` holds every weight).
+        freeze_encoder: the paper's protocol: only the head trains.
+        head_kwargs: extra arguments of the head.
+        encoder_overrides: extra arguments of ``build_encoder``.
+    """
+    encoder = build_encoder(encoder_name, spatial_dims, in_channels, img_size, **(encoder_overrides or {}))
+    if encoder_checkpoint is not None:
+        load_encoder_weights(encoder, encoder_checkpoint, strict=True)
+    if isinstance(head, str):
+        head = build_head(head, encoder.out_channels, encoder.stride, spatial_dims, out_channels, **(head_kwargs or {}))
+    return FrepaTaskNet(encoder, head, freeze_encoder=freeze_encoder)
+
+
+def build_slice_transformer(
+    encoder_name: str,
+    in_channels: int,
+    img_size: Sequence[int] | int,
+    head: str | nn.Module = "segmentation",
+    out_channels: int = 2,
+    encoder_checkpoint: str | os.PathLike | None = None,
+    hidden_size: int = 256,
+    num_heads: int = 8,
+    iterations: int = 3,
+    slice_chunk_size: int = 16,
+    hessian_channel: bool = True,
+    head_kwargs: dict | None = None,
+    encoder_overrides: dict | None = None,
+) -> SliceTransformer:
+    """A 2D encoder preset (frozen, optionally pretrained) in a :class:`SliceTransformer` with a 3D head.
+
+    ``in_channels`` and ``img_size`` are the 2D encoder's (e.g. 4 and 512); the network takes volumes
+    ``(B, C, H, W, D)`` with ``(H, W) == img_size`` for a ViT (any size otherwise) and ``C`` 2 (image + Hessian,
+    repeated to the encoder's channels) or ``in_channels``. The head sees ``(B, hidden_size, h, w, D)``.
+    """
+    encoder = build_encoder(encoder_name, 2, in_channels, img_size, **(encoder_overrides or {}))
+    if encoder_checkpoint is not None:
+        load_encoder_weights(encoder, encoder_checkpoint, strict=True)
+    if isinstance(head, str):
+        stride = (*encoder.stride, 1)
+        head = build_head(head, hidden_size, stride, 3, out_channels, **(head_kwargs or {}))
+    return SliceTransformer(
+        encoder,
+        head,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        iterations=iterations,
+        slice_chunk_size=slice_chunk_size,
+        hessian_channel=hessian_channel,
+    )
+
+
+def build_pretrained_whole_network(
+    encoder_name: str,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    encoder_checkpoint: str | os.PathLike | None = None,
+) -> nn.Module:
+    """``SwinUNETR`` / ``MedNeXt`` of a Swin / MedNeXt preset (fully trainable), its encoder optionally pretrained.
+
+    Every tensor of the checkpoint must load (no unexpected key); the decoder stays randomly initialised.
+    """
+    net = build_whole_network(encoder_name, spatial_dims, in_channels, out_channels)
+    if encoder_checkpoint is not None:
+        report = load_encoder_weights(net, encoder_checkpoint, strict=False)
+        if report.unexpected_keys:
+            raise ValueError(
+                f"'{encoder_checkpoint}' holds weights that {type(net).__name__} lacks: {report.unexpected_keys[:6]}."
+            )
+    return net

@@ -1,0 +1,152 @@
+"""Downstream task heads on an encoder's feature map (paper 4.1.1: frozen encoder, trained heads), 2D and 3D.
+
+Every head is called as ``head(features, out_size=None)`` with ``features`` ``(B, F, *grid)``; ``out_size`` is
+the input image's spatial size (only the segmentation head uses it). :class:`FrepaTaskNet` puts an encoder and
+a head together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.data.box_utils import box_pair_giou
+from monai.networks.layers.factories import Pool
+
+from frepa_monai.networks.decoders import ConvDecoder
+
+__all__ = [
+    "SegmentationHead",
+    "ClassificationHead",
+    "DetectionHead",
+    "giou_loss",
+    "DetectionLoss",
+    "FrepaTaskNet",
+]
+
+
+class SegmentationHead(ConvDecoder):
+    """The Frepa :class:`~frepa_monai.networks.decoders.ConvDecoder` with ``out_channels`` task classes.
+
+    ``(B, F, *grid)`` -> logits ``(B, out_channels, *out_size)``.
+    """
+
+
+def _mlp(in_features: int, hidden_dims: Sequence[int], out_features: int, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden_dims:
+        layers += [nn.Linear(in_features, h), nn.GELU(), nn.Dropout(dropout)]
+        in_features = h
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+class ClassificationHead(nn.Module):
+    """Global average pooling and an MLP: ``(B, F, *grid)`` -> logits ``(B, num_classes)``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        spatial_dims: int,
+        hidden_dims: Sequence[int] = (256,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.mlp = _mlp(in_channels, hidden_dims, num_classes, dropout)
+        self.out_channels = num_classes
+
+    def forward(self, features: torch.Tensor, out_size: Sequence[int] | None = None) -> torch.Tensor:
+        """``(B, F, *grid)`` -> ``(B, num_classes)``; ``out_size`` is ignored."""
+        return self.mlp(self.pool(features).flatten(1))
+
+
+class DetectionHead(nn.Module):
+    """One box per image: pooled features -> MLP -> box and objectness.
+
+    ``(B, F, *grid)`` -> ``(B, 2 * spatial_dims + 1)``: ``[..., :2 * spatial_dims]`` is the box in MONAI's
+    standard corner mode (2D ``[x1, y1, x2, y2]``, 3D ``[x1, y1, z1, x2, y2, z2]``) normalised to [0, 1] of the
+    image size, ``[..., -1]`` the objectness logit. The box is predicted as a centre and a size (sigmoids), so
+    ``x1 <= x2`` always holds; corners are clipped to [0, 1]. Multiply by the image size for pixel boxes.
+    """
+
+    def __init__(
+        self, in_channels: int, spatial_dims: int, hidden_dims: Sequence[int] = (256,), dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.mlp = _mlp(in_channels, hidden_dims, 2 * spatial_dims + 1, dropout)
+        self.out_channels = 2 * spatial_dims + 1
+
+    def forward(self, features: torch.Tensor, out_size: Sequence[int] | None = None) -> torch.Tensor:
+        """``(B, F, *grid)`` -> ``(B, 2 * spatial_dims + 1)`` (normalised box, objectness logit)."""
+        out = self.mlp(self.pool(features).flatten(1))
+        n = self.spatial_dims
+        centre, size = torch.sigmoid(out[:, :n]), torch.sigmoid(out[:, n : 2 * n])
+        lo = (centre - size / 2).clamp(0.0, 1.0)
+        hi = (centre + size / 2).clamp(0.0, 1.0)
+        return torch.cat([lo, hi, out[:, 2 * n :]], dim=1)
+
+
+def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - GIoU`` of paired boxes ``(N, 2 * spatial_dims)``, by MONAI's ``box_pair_giou``."""
+    if pred_boxes.shape[0] == 0:
+        return pred_boxes.sum() * 0.0
+    return (1.0 - box_pair_giou(pred_boxes, target_boxes)).mean()
+
+
+class DetectionLoss(nn.Module):
+    """GIoU on the images that hold an object plus binary cross-entropy on objectness.
+
+    ``forward(pred, target)``: both ``(B, 2 * spatial_dims + 1)`` as :class:`DetectionHead` outputs, ``target``
+    with normalised boxes and objectness 1 (object) or 0 (no object; its box is ignored).
+    """
+
+    def __init__(self, giou_weight: float = 1.0, objectness_weight: float = 1.0) -> None:
+        super().__init__()
+        self.giou_weight = giou_weight
+        self.objectness_weight = objectness_weight
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        has_object = target[:, -1] > 0.5
+        box = giou_loss(pred[has_object, :-1], target[has_object, :-1].to(pred))
+        objectness = self.bce(pred[:, -1], target[:, -1].to(pred))
+        return self.giou_weight * box + self.objectness_weight * objectness
+
+
+class FrepaTaskNet(nn.Module):
+    """An encoder and a task head: ``(B, C, *spatial)`` -> ``head(encoder(x), spatial)``.
+
+    With ``freeze_encoder=True`` (the paper's downstream protocol) the encoder has ``requires_grad=False``, stays
+    in eval mode after ``.train()`` and runs under ``torch.no_grad()``: only the head trains.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, freeze_encoder: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> FrepaTaskNet:
+        """Set train/eval mode; a frozen encoder always stays in eval mode."""
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` -> the head's output (segmentation logits ``(B, K, *spatial)``, class logits
+        ``(B, K)`` or boxes ``(B, 2 * spatial_dims + 1)``)."""
+        if self.freeze_encoder:
+            with torch.no_grad():
+                features = self.encoder(x)
+        else:
+            features = self.encoder(x)
+        return self.head(features, x.shape[2:])
