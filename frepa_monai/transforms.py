@@ -42,6 +42,10 @@ FREQUENCY = 0
 IMAGE = 1
 """Strategy code of histogram-equalized image masking."""
 
+NOISE_FLOOR = 1e-3
+"""Low-frequency perturbation skips coefficients where the noise's standard deviation is below
+``NOISE_FLOOR * sigma`` (``d > 2.63 d_c``): they would carry under 1e-5 of the noise energy (2D and 3D)."""
+
 
 # ----------------------------------------------------------------------------------------------------------
 # shared helpers
@@ -113,9 +117,11 @@ class _SpectrumPlan:
       mask drawn per patch is Hermitian-symmetric;
     * ``patch_prob`` ``(P + 1,)``: the masking probability ``1 - exp(-d^2 / d_c^2)`` of each patch
       (``d``: distance of the patch centre to the spectrum centre);
-    * ``twin_pos`` / ``twin_src``: the non-canonical plane coefficients and their mirrors (for the noise);
-      ``self_paired``: coefficients equal to their own mirror, whose noise must be real;
-    * ``noise_weight`` ``(M,)``: ``exp(-d^2 / d_c^2) / sqrt(2)`` per coefficient, 0 at DC.
+    * ``twin_pos`` / ``twin_src``: the non-canonical plane coefficients and their mirrors;
+      ``self_paired``: coefficients equal to their own mirror;
+    * ``noise_support`` ``(K,)``: the coefficients that get noise, those whose weight ``exp(-d^2 / d_c^2)``
+      is at least ``NOISE_FLOOR`` (DC excluded), with ``noise_weight`` ``(K,)`` their weight over ``sqrt(2)``
+      and ``noise_twin_pos`` / ``noise_twin_src`` / ``noise_self_paired`` the twins in support numbering.
     """
 
     def __init__(self, spatial: tuple[int, ...], patch_size: int, cutoff: float, device: torch.device) -> None:
@@ -152,9 +158,19 @@ class _SpectrumPlan:
         patch_of[self.twin_pos.cpu()] = patch_of[self.twin_src.cpu()]
         self.patch_of = patch_of.to(device)
         self.patch_prob = patch_prob.float().to(device)
-        weight = torch.exp(-squared_frequency_distance(spatial, real=True) / cutoff**2).flatten() / math.sqrt(2.0)
+        # noise support: where the noise's standard deviation reaches NOISE_FLOOR * sigma (never DC)
+        weight = torch.exp(-squared_frequency_distance(spatial, real=True) / cutoff**2).flatten()
         weight[0] = 0.0
-        self.noise_weight = weight.to(device)
+        support = torch.nonzero(weight >= NOISE_FLOOR).flatten()
+        rank = torch.full_like(patch_of, -1)
+        rank[support] = torch.arange(len(support))
+        in_support = rank[self.twin_pos.cpu()] >= 0  # a twin has its mirror's distance: both in or both out
+        self.noise_twin_pos = rank[self.twin_pos.cpu()[in_support]].to(device)
+        self.noise_twin_src = rank[self.twin_src.cpu()[in_support]].to(device)
+        self_paired = self.self_paired.cpu()
+        self.noise_self_paired = rank[self_paired[rank[self_paired] >= 0]].to(device)
+        self.noise_support = support.to(device)
+        self.noise_weight = (weight[support] / math.sqrt(2.0)).to(device)
         self.half = half
 
 
@@ -237,7 +253,7 @@ class FrequencyDualMask(_TorchSeeded):
             spectrum.masked_fill_(self.high_frequency_mask(x.shape[0], plan, generator)[:, None], 0)
         if self.low_freq_perturb and self.sigma_ratio > 0:
             sigma = self.sigma_ratio * _spectrum_peak(x, spectrum)
-            spectrum.add_(self.lowpass_noise(sigma, plan, generator)[:, None])
+            self.perturb_(spectrum, sigma, plan, generator)
         return torch.fft.irfftn(spectrum, s=spatial, dim=dims)
 
     @staticmethod
@@ -248,14 +264,18 @@ class FrequencyDualMask(_TorchSeeded):
         return masked_patches[:, plan.patch_of].view(batch, *plan.half)
 
     @staticmethod
-    def lowpass_noise(sigma: torch.Tensor, plan: _SpectrumPlan, generator: torch.Generator) -> torch.Tensor:
-        """Hermitian complex noise ``(B, *half_spectrum)``, ``E|n|^2 = sigma^2 exp(-2 d^2 / d_c^2)``, 0 at DC."""
-        device = plan.patch_of.device
-        noise = torch.randn((len(sigma), len(plan.noise_weight), 2), generator=generator, device=device)
-        noise[:, plan.twin_pos] = noise[:, plan.twin_src] * torch.tensor([1.0, -1.0], device=device)
-        noise[:, plan.self_paired, 1] = 0.0
+    def perturb_(spectrum: torch.Tensor, sigma: torch.Tensor, plan: _SpectrumPlan, generator: torch.Generator) -> None:
+        """Add Hermitian complex noise, ``E|n|^2 = sigma^2 exp(-2 d^2 / d_c^2)``, to ``spectrum`` in place.
+
+        ``spectrum`` is ``(B, C, *half_spectrum)``, ``sigma`` ``(B,)``; the channels of an image share the draw.
+        """
+        device = spectrum.device
+        noise = _standard_normal((len(sigma), len(plan.noise_weight), 2), generator, device, torch.float32)
+        noise[:, plan.noise_twin_pos] = noise[:, plan.noise_twin_src] * torch.tensor([1.0, -1.0], device=device)
+        noise[:, plan.noise_self_paired, 1] = 0.0
         noise.mul_((sigma[:, None] * plan.noise_weight)[..., None])
-        return torch.view_as_complex(noise).view(len(sigma), *plan.half)
+        noise = torch.view_as_complex(noise).to(spectrum.dtype)[:, None].expand(-1, spectrum.shape[1], -1)
+        spectrum.view(*spectrum.shape[:2], -1).index_add_(2, plan.noise_support, noise)
 
 
 def _spectrum_peak(x: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
@@ -374,71 +394,79 @@ class HistogramEqualizedMask(_TorchSeeded):
     def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask a float batch ``(B, C, *spatial)``; returns the new batch and its pixel mask ``(B, 1, *spatial)``."""
         batch, channels, *spatial = x.shape
-        ps = self.patch_size or (32 if len(spatial) == 2 else 16)
-        layout = _PatchLayout(tuple(spatial), ps, x.device, x.dtype)
-        patches = layout.to_patches(x)  # (B, C, P, ps^d), a copy we may write into
-        n_masked = int(round(self.mask_ratio * layout.n_patches))
-        scores = torch.rand((batch, layout.n_patches), generator=generator, device=x.device)
-        chosen = scores.topk(n_masked, dim=1).indices  # (B, k) patch indices
-        index = chosen[:, None, :, None].expand(batch, channels, n_masked, patches.shape[-1])
+        nd = len(spatial)
+        ps = self.patch_size or (32 if nd == 2 else 16)
+        grid = [math.ceil(s / ps) for s in spatial]
+        pad = [v for p, s in zip(reversed(grid), reversed(spatial)) for v in (0, p * ps - s)]
+        out = F.pad(x, pad) if any(pad) else x.clone()  # a copy to write the noise into
+        n_patches = math.prod(grid)
+        n_masked = int(round(self.mask_ratio * n_patches))
+        scores = torch.rand((batch, n_patches), generator=generator, device=x.device)
+        chosen = scores.topk(n_masked, dim=1).indices  # (B, k) patch indices in C order
+        # advanced indices (image, patch row, patch column, ...) separated by slices over the channels and the
+        # pixels of a patch pick the chosen patches straight from the (B, C, P1, ps, P2, ps, ...) view:
+        # (B, k, C, ps, ps, ...), without moving the rest of the image
+        index = (torch.arange(batch, device=x.device)[:, None], slice(None))
+        for patch_axis in torch.unravel_index(chosen, grid):
+            index += (patch_axis, slice(None))
+        tiled = out.view(batch, channels, *[n for p in grid for n in (p, ps)])
         if self.fill == "zero":
-            fill = torch.zeros_like(index, dtype=x.dtype)
+            tiled[index] = 0.0
         else:
-            valid = None if layout.valid is None else layout.valid[0, 0, chosen][:, None]  # (B, 1, k, ps^d)
-            mean, std = _patch_moments(patches.gather(2, index), valid)
-            noise = torch.randn(index.shape, generator=generator, device=x.device, dtype=x.dtype)
-            noise_mean, noise_std = _patch_moments(noise, valid)
+            picked = tiled[index].reshape(batch, n_masked, channels, ps**nd)
+            valid = None
+            if any(pad):  # partial edge patches: their moments use the real pixels only
+                ones = F.pad(torch.ones((1, 1, *spatial), device=x.device, dtype=x.dtype), pad)
+                ones = ones.expand(batch, -1, *ones.shape[2:]).view(batch, 1, *tiled.shape[2:])
+                valid = ones[index].reshape(batch, n_masked, 1, ps**nd)
+            mean, std = _patch_moments(picked, valid)
+            noise = _standard_normal(picked.shape, generator, x.device, x.dtype)
+            noise_mean, noise_std = _patch_moments(noise, valid, centred=False)
             scale = std / noise_std.clamp_min(1e-12)
             fill = torch.addcmul(mean - noise_mean * scale, noise, scale)  # exactly the patch's mean and std
-        patches.scatter_(2, index, fill)
-        masked = torch.zeros((batch, 1, layout.n_patches, 1), dtype=torch.bool, device=x.device)
-        masked.scatter_(2, chosen[:, None, :, None], True)
-        return layout.from_patches(patches), layout.from_patches(masked.expand(-1, -1, -1, patches.shape[-1]))
+            tiled[index] = fill.view(batch, n_masked, channels, *[ps] * nd)
+        masked = torch.zeros((batch, n_patches), dtype=torch.bool, device=x.device).scatter_(1, chosen, True)
+        masked = masked.view(batch, 1, *[n for p in grid for n in (p, 1)])
+        mask = masked.expand(batch, 1, *[n for p in grid for n in (p, ps)]).reshape(batch, 1, *out.shape[2:])
+        crop = (slice(None), slice(None), *[slice(0, s) for s in spatial])
+        return out[crop], mask[crop]
 
 
-class _PatchLayout:
-    """Patch-major view of images: ``(B, C, *spatial)`` <-> ``(B, C, P, ps^d)`` with ``P`` patches in C order.
-
-    Sizes that are not multiples of ``ps`` are zero-padded at the end of each axis; ``valid`` then holds
-    ``(1, 1, P, ps^d)`` ones on image pixels and zeros on padding (``None`` without padding).
-    """
-
-    def __init__(self, spatial: tuple[int, ...], ps: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.spatial, self.ps = spatial, ps
-        self.grid = [math.ceil(s / ps) for s in spatial]
-        self.pad = [p * ps - s for p, s in zip(self.grid, spatial)]
-        self.n_patches = math.prod(self.grid)
-        self.valid = None
-        if any(self.pad):
-            self.valid = self.to_patches(torch.ones((1, 1, *spatial), device=device, dtype=dtype))
-
-    def to_patches(self, x: torch.Tensor) -> torch.Tensor:
-        nd = len(self.spatial)
-        if any(self.pad):
-            x = F.pad(x, [v for p in reversed(self.pad) for v in (0, p)])
-        x = x.reshape(*x.shape[:2], *[n for p in self.grid for n in (p, self.ps)])  # (B, C, P1, ps, P2, ps, ...)
-        order = [0, 1, *range(2, 2 + 2 * nd, 2), *range(3, 3 + 2 * nd, 2)]
-        return x.permute(order).reshape(*x.shape[:2], self.n_patches, self.ps**nd)
-
-    def from_patches(self, patches: torch.Tensor) -> torch.Tensor:
-        nd = len(self.spatial)
-        x = patches.reshape(*patches.shape[:2], *self.grid, *[self.ps] * nd)  # (B, C, P1, P2, ..., ps, ps, ...)
-        order = [0, 1] + [i for a in range(nd) for i in (2 + a, 2 + nd + a)]
-        x = x.permute(order).reshape(*patches.shape[:2], *[p * self.ps for p in self.grid])
-        return x[(slice(None), slice(None), *[slice(0, s) for s in self.spatial])]
-
-
-def _patch_moments(patches: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _patch_moments(
+    patches: torch.Tensor, valid: torch.Tensor | None, centred: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population standard deviation over the last axis (the real, non-padded pixels), kept dims.
 
-    Two passes with plain sums and norms, which are much faster on CPU than ``torch.var_mean``.
+    Plain sums and norms, much faster on CPU than ``torch.var_mean``. ``centred=True`` subtracts the mean
+    before squaring (exact for any data); ``False`` uses ``E[x^2] - mean^2``, one pass, for zero-mean noise.
     """
-    if valid is None:
-        mean = patches.mean(dim=-1, keepdim=True)
-        return mean, torch.linalg.vector_norm(patches - mean, dim=-1, keepdim=True) / patches.shape[-1] ** 0.5
-    count = valid.sum(dim=-1, keepdim=True).clamp_min(1.0)
-    mean = (patches * valid).sum(dim=-1, keepdim=True) / count
-    return mean, torch.linalg.vector_norm((patches - mean) * valid, dim=-1, keepdim=True) / count.sqrt()
+    if valid is not None:
+        patches = patches * valid
+    count = patches.shape[-1] if valid is None else valid.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    mean = patches.sum(dim=-1, keepdim=True) / count
+    if centred:
+        spread = patches - mean if valid is None else (patches - mean) * valid
+        return mean, torch.linalg.vector_norm(spread, dim=-1, keepdim=True) / count**0.5
+    second = torch.linalg.vector_norm(patches, dim=-1, keepdim=True).square() / count
+    return mean, (second - mean.square()).clamp_min(0.0).sqrt()
+
+
+def _standard_normal(
+    shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``N(0, 1)`` samples by the Box-Muller transform of ``torch.rand`` draws.
+
+    Exactly Gaussian like ``torch.randn``, and faster on CPU, where ``randn`` runs on one thread while the
+    element-wise logarithm, square root, sine and cosine here use all of them.
+    """
+    n = math.prod(shape)
+    uniform = torch.rand((2, (n + 1) // 2), generator=generator, device=device, dtype=dtype)
+    radius = uniform[0].neg_().log1p_().mul_(-2.0).sqrt_()  # sqrt(-2 ln(1 - u)), u in [0, 1): finite
+    angle = uniform[1].mul_(2.0 * math.pi)
+    out = torch.empty((2, (n + 1) // 2), device=device, dtype=dtype)
+    torch.cos(angle, out=out[0])
+    torch.sin(angle, out=out[1])
+    return out.mul_(radius).view(-1)[:n].view(shape)
 
 
 class HistogramEqualizedMaskd(_RandomDictTwin):
@@ -484,9 +512,9 @@ class HessianFilter(Transform):
     """Multi-scale Hessian ridge (vesselness) filter, Frangi-style, in the image domain (paper Eq. 6).
 
     The channel mean of the image is smoothed with Gaussians of ``sigmas`` (pixels; separable convolution,
-    kernels cut at 3 sigma, edges replicated), its Hessian taken by central differences and scale-normalised
-    by ``sigma^2``. From the eigenvalues sorted by magnitude (``|l1| <= |l2| (<= |l3|)``) the Frangi measure
-    is ``exp(-Rb^2 / 2 beta^2) (1 - exp(-S^2 / 2 c^2))`` in 2D (``Rb = l1 / l2``) and
+    kernels cut at 3 sigma, edges replicated) and its Hessian taken by finite differences. From the
+    eigenvalues sorted by magnitude (``|l1| <= |l2| (<= |l3|)``) the Frangi measure is
+    ``exp(-Rb^2 / 2 beta^2) (1 - exp(-S^2 / 2 c^2))`` in 2D (``Rb = l1 / l2``) and
     ``(1 - exp(-Ra^2 / 2 alpha^2)) exp(-Rb^2 / 2 beta^2) (1 - exp(-S^2 / 2 c^2))`` in 3D
     (``Ra = l2 / l3``, ``Rb = l1 / sqrt(|l2 l3|)``), with ``S`` the Hessian norm and ``c`` half its maximum
     per image and scale. The maximum over scales is divided by its maximum per image, giving one channel in
@@ -527,40 +555,57 @@ class HessianFilter(Transform):
         return _restore(self.ridges(x.mean(dim=1, keepdim=True)), batched, img)
 
     def ridges(self, x: torch.Tensor) -> torch.Tensor:
-        """Ridge measure of a single-channel float batch ``(B, 1, *spatial)``, scaled to [0, 1] per image."""
+        """Ridge measure of a single-channel float batch ``(B, 1, *spatial)``, scaled to [0, 1] per image.
+
+        ``c`` is taken per scale, so the measure of each scale does not depend on the ``sigma^2`` normalisation of
+        the Hessian (``Ra``, ``Rb`` and ``S / c`` are all scale-free): it is left out.
+        """
         nd = x.ndim - 2
         smoothed = _gaussian_smooth(x, self.sigmas)  # (B, S, *spatial), one channel per sigma
         axes = tuple(range(2, 2 + nd))
-        first = torch.gradient(smoothed, dim=axes)
-        scale = torch.tensor(self.sigmas, device=x.device, dtype=x.dtype).view(1, -1, *[1] * nd) ** 2
-        hessian = {(a, b): torch.gradient(first[a], dim=axes[b])[0] * scale for a in range(nd) for b in range(a, nd)}
-        eig = _sorted_eigenvalues(hessian, nd)  # (..., nd), |l1| <= |l2| (<= |l3|)
-        norm2 = eig.square().sum(-1)
-        c2 = (0.5 * norm2.amax(dim=axes, keepdim=True).sqrt()).square().clamp_min(1e-20)
-        structure = 1.0 - torch.exp(-norm2 / (2 * c2))
-        tiny = 1e-10
+        first = [_central_difference(smoothed, axis) for axis in axes[:-1]]
+        hessian = {(a, a): _second_difference(smoothed, axes[a]) for a in range(nd)}
+        hessian.update({(a, b): _central_difference(first[a], axes[b]) for a in range(nd) for b in range(a + 1, nd)})
+        eig = _sorted_eigenvalues(hessian, nd)  # |l1| <= |l2| (<= |l3|)
+        norm2 = sum(l.square() for l in eig)
+        c2 = (0.25 * norm2.amax(dim=axes, keepdim=True)).clamp_min(1e-20)  # c = half the largest Hessian norm
+        vesselness = 1.0 - torch.exp(-norm2 / (2 * c2))
+        tiny = 1e-20
         if nd == 2:
-            l1, l2 = eig.unbind(-1)
-            rb2 = (l1 / l2.abs().clamp_min(tiny)).square()
-            vesselness = torch.exp(-rb2 / (2 * self.beta**2)) * structure
+            l1, l2 = eig
+            vesselness *= torch.exp(-(l1.square() / l2.square().clamp_min(tiny)) / (2 * self.beta**2))
             signs = [l2]
-        else:
-            l1, l2, l3 = eig.unbind(-1)
-            ra2 = (l2 / l3.abs().clamp_min(tiny)).square()
-            rb2 = l1.square() / (l2 * l3).abs().clamp_min(tiny)
-            vesselness = (
-                (1.0 - torch.exp(-ra2 / (2 * self.alpha**2))) * torch.exp(-rb2 / (2 * self.beta**2)) * structure
-            )
+        else:  # an eigenvalue of 0 in l2 or l3 makes l1 = 0 and Ra = 0, so the measure 0: no division issue
+            l1, l2, l3 = eig
+            vesselness *= 1.0 - torch.exp(-(l2.square() / l3.square().clamp_min(tiny)) / (2 * self.alpha**2))
+            vesselness *= torch.exp(-(l1.square() / (l2 * l3).abs().clamp_min(tiny)) / (2 * self.beta**2))
             signs = [l2, l3]
         for s in signs:  # bright ridges curve down (negative eigenvalues across the ridge), dark ones up
             if self.polarity == "bright":
-                vesselness = vesselness * (s < 0)
+                vesselness *= s < 0
             elif self.polarity == "dark":
-                vesselness = vesselness * (s > 0)
-            vesselness = vesselness * (s != 0)
+                vesselness *= s > 0
         best = vesselness.amax(dim=1, keepdim=True)
         peak = best.amax(dim=axes, keepdim=True)
         return torch.where(peak > 0, best / peak.clamp_min(tiny), torch.zeros_like(best))
+
+
+def _central_difference(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``(t[i + 1] - t[i - 1]) / 2`` along ``dim``, one-sided at the ends (as ``torch.gradient``, fewer passes)."""
+    n = t.shape[dim]
+    out = torch.zeros_like(t)
+    if n > 1:
+        torch.sub(t.narrow(dim, 2, n - 2), t.narrow(dim, 0, n - 2), out=out.narrow(dim, 1, n - 2)).mul_(0.5)
+        torch.sub(t.narrow(dim, 1, 1), t.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
+        torch.sub(t.narrow(dim, n - 1, 1), t.narrow(dim, n - 2, 1), out=out.narrow(dim, n - 1, 1))
+    return out
+
+
+def _second_difference(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t[i + 1] - 2 t[i] + t[i - 1]`` along ``dim``, with the ends replicated."""
+    n = t.shape[dim]
+    padded = torch.cat([t.narrow(dim, 0, 1), t, t.narrow(dim, n - 1, 1)], dim=dim)
+    return padded.narrow(dim, 2, n) + padded.narrow(dim, 0, n) - 2 * t
 
 
 def _gaussian_kernels(sigmas: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -587,26 +632,32 @@ def _gaussian_smooth(x: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor
     return out
 
 
-def _sorted_eigenvalues(h: dict[tuple[int, int], torch.Tensor], nd: int) -> torch.Tensor:
-    """Eigenvalues of the symmetric ``nd x nd`` Hessian field ``h[(a, b)]`` (``a <= b``), sorted by magnitude."""
+def _sorted_eigenvalues(h: dict[tuple[int, int], torch.Tensor], nd: int) -> tuple[torch.Tensor, ...]:
+    """Eigenvalues ``(l1, l2[, l3])`` of the symmetric Hessian field ``h[(a, b)]`` (``a <= b``), in closed form,
+    ordered by magnitude: ``|l1| <= |l2| (<= |l3|)``."""
     if nd == 2:
         half_trace = (h[0, 0] + h[1, 1]) / 2
         radius = torch.sqrt(((h[0, 0] - h[1, 1]) / 2).square() + h[0, 1].square())
-        eig = torch.stack([half_trace - radius, half_trace + radius], dim=-1)
-    else:  # closed form for symmetric 3x3 matrices (trigonometric method)
-        a11, a22, a33, a12, a13, a23 = h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2]
-        q = (a11 + a22 + a33) / 3
-        p2 = (a11 - q).square() + (a22 - q).square() + (a33 - q).square() + 2 * (a12**2 + a13**2 + a23**2)
-        p = torch.sqrt(p2 / 6)
-        ps = torch.where(p > 1e-12, p, torch.ones_like(p))
-        b11, b22, b33, b12, b13, b23 = (a11 - q) / ps, (a22 - q) / ps, (a33 - q) / ps, a12 / ps, a13 / ps, a23 / ps
-        det = b11 * (b22 * b33 - b23**2) - b12 * (b12 * b33 - b23 * b13) + b13 * (b12 * b23 - b22 * b13)
-        phi = torch.acos((det / 2).clamp(-1.0, 1.0)) / 3
-        e1 = q + 2 * p * torch.cos(phi)
-        e3 = q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
-        eig = torch.stack([e1, 3 * q - e1 - e3, e3], dim=-1)
-    order = eig.abs().argsort(dim=-1)
-    return eig.gather(-1, order)
+        low, high = half_trace - radius, half_trace + radius
+        small = torch.where(low.abs() <= high.abs(), low, high)
+        return small, low + high - small
+    # symmetric 3x3 matrices, trigonometric method: e1 >= e2 >= e3
+    a11, a22, a33, a12, a13, a23 = h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2]
+    q = (a11 + a22 + a33) / 3
+    p = torch.sqrt(((a11 - q).square() + (a22 - q).square() + (a33 - q).square() + 2 * (a12**2 + a13**2 + a23**2)) / 6)
+    inv_p = torch.where(p > 1e-12, p, torch.ones_like(p)).reciprocal()
+    b11, b22, b33 = (a11 - q) * inv_p, (a22 - q) * inv_p, (a33 - q) * inv_p
+    b12, b13, b23 = a12 * inv_p, a13 * inv_p, a23 * inv_p
+    det = b11 * (b22 * b33 - b23**2) - b12 * (b12 * b33 - b23 * b13) + b13 * (b12 * b23 - b22 * b13)
+    phi = torch.acos((det / 2).clamp(-1.0, 1.0)) / 3
+    e1 = q + 2 * p * torch.cos(phi)
+    e3 = q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
+    e2 = 3 * q - e1 - e3
+    # the largest magnitude is at an end of the value order; then order the other two
+    l3 = torch.where(e1.abs() >= e3.abs(), e1, e3)
+    other = e1 + e3 - l3
+    l1 = torch.where(other.abs() <= e2.abs(), other, e2)
+    return l1, other + e2 - l1, l3
 
 
 class HessianFilterd(MapTransform):
