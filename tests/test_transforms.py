@@ -226,7 +226,7 @@ class TestHessianFilter:
         ridges = HessianFilter()(image)[0]
         assert ridges.shape == vessels.shape and 0.0 <= ridges.min() and ridges.max() == 1.0
         inside = fov & ~torch.nn.functional.max_pool2d(vessels[None, None].float(), 9, 1, 4)[0, 0].bool()
-        # measured on this image: 0.100 on vessels, 0.034 on background, ROC AUC 0.83
+        # measured on Image_01L: 0.100 on vessels, 0.035 on background, ROC AUC 0.82
         assert ridges[vessels].mean() > 2.5 * ridges[inside].mean()
         scores = torch.cat([ridges[vessels], ridges[inside]])
         truth = torch.cat([torch.ones(int(vessels.sum())), torch.zeros(int(inside.sum()))])
