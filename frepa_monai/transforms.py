@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.transforms import (
+    MapTransform,
+    RandomizableTransform,
+    ScaleIntensityRange,
+    ScaleIntensityRangePercentiles,
+    Transform,
+)
 from monai.utils import MAX_SEED, TransformBackends, convert_to_dst_type, convert_to_tensor
 
 from frepa_monai.frequency import frequency_indices, squared_frequency_distance
@@ -35,6 +41,8 @@ __all__ = [
     "HessianFilter",
     "HessianFilterd",
     "FrepaCorruptd",
+    "CT_WINDOWS",
+    "ScaleIntensityByModalityd",
 ]
 
 FREQUENCY = 0
@@ -796,4 +804,55 @@ class FrepaCorruptd(_TorchSeeded, MapTransform):
             d[f"{self.strategy_key}_view{view}"] = strategy if batched else strategy[0]
         if self.hessian is not None:
             d[self.hessian_key] = _restore(self.hessian.ridges(x.mean(dim=1, keepdim=True)), batched, img)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# intensity normalisation per item (paper section 4)
+# ----------------------------------------------------------------------------------------------------------
+
+CT_WINDOWS = {"lung": (-1000.0, 400.0), "abdomen": (-160.0, 240.0), "brain": (-30.0, 90.0), "bone": (-300.0, 1200.0)}
+"""CT windows of the paper (Hounsfield units), rescaled to [0, 1] with clipping."""
+
+
+class ScaleIntensityByModalityd(MapTransform):
+    """Rescale each item to [0, 1] by its own rule: a CT window or percentile clipping (paper section 4).
+
+    Items whose ``window_key`` names a CT window (:data:`CT_WINDOWS`, or ``windows``) go through MONAI's
+    ``ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)``; all others (``"none"``, missing key) through
+    ``ScaleIntensityRangePercentiles(lower, upper, 0, 1, clip=True)``, the paper's rule for non-CT modalities.
+    A datalist mixing CT and MR / X-ray / photographs is thus normalised item by item.
+
+    Args:
+        keys: images to rescale.
+        window_key: item key naming the CT window (the sample datalists' ``"window"``).
+        windows: window name -> ``(a_min, a_max)``; default :data:`CT_WINDOWS`.
+        lower, upper: percentiles for the other items.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        window_key: str = "window",
+        windows: Mapping[str, Sequence[float]] | None = None,
+        lower: float = 0.5,
+        upper: float = 99.5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.window_key = window_key
+        windows = CT_WINDOWS if windows is None else windows
+        self.windows = {
+            name: ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True) for name, (a_min, a_max) in windows.items()
+        }
+        self.percentiles = ScaleIntensityRangePercentiles(lower, upper, 0.0, 1.0, clip=True)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        window = str(d.get(self.window_key, "none")).lower()
+        if window not in self.windows and window not in ("none", ""):
+            raise ValueError(f"unknown CT window '{window}' under key '{self.window_key}'; known: {sorted(self.windows)}.")
+        scale = self.windows.get(window, self.percentiles)
+        for key in self.key_iterator(d):
+            d[key] = scale(d[key])
         return d

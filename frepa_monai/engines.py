@@ -1,0 +1,297 @@
+"""The pretraining workflow pieces on top of MONAI's ignite engines (spec section 7).
+
+- :class:`PretrainTrainer`: a ``SupervisedTrainer`` whose iteration runs a pretraining strategy
+  (:mod:`frepa_monai.strategies`: Frepa, or the MAE / MFM baselines) on the batch's device and
+  back-propagates its loss; every loss term lands in ``engine.state.output["loss_terms"]`` for the stats,
+  TensorBoard and MLflow handlers.
+- :class:`PretrainEvaluator`: a ``SupervisedEvaluator`` that corrupts each validation batch with a fixed seed
+  (the same corruption at every validation) and reconstructs it; ``pred`` is the reconstruction, ``label``
+  the raw image, so MONAI metric handlers (RMSE, :class:`~frepa_monai.metrics.FrequencyFidelityMetric`)
+  apply unchanged.
+- Handlers: :class:`PreviewSaver` (PNG of raw / corrupted / reconstructed), :class:`LatestCheckpointLoader`
+  (resume from the newest ``CheckpointSaver`` file, if any) and :class:`EpochSeeder` (per-epoch seeds, so
+  that a resumed run repeats an uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import CheckpointLoader
+from monai.transforms import Randomizable
+from monai.utils import set_determinism
+
+from frepa_monai.strategies import PretrainStrategy
+
+__all__ = [
+    "PretrainTrainer",
+    "PretrainEvaluator",
+    "PreviewSaver",
+    "LatestCheckpointLoader",
+    "EpochSeeder",
+    "latest_checkpoint",
+    "loss_terms",
+    "announce_preset",
+    "find_bundle_root",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _batch_tensors(batchdata: dict, device: torch.device, image_key: str, hessian_key: str, non_blocking: bool):
+    if not isinstance(batchdata, dict) or image_key not in batchdata:
+        raise ValueError(f"pretraining expects dictionary batches with the image under '{image_key}'.")
+    images = torch.as_tensor(batchdata[image_key]).to(device, non_blocking=non_blocking)
+    hessian = batchdata.get(hessian_key)
+    if hessian is not None:
+        hessian = torch.as_tensor(hessian).to(device, non_blocking=non_blocking)
+    return images, hessian
+
+
+class PretrainTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` running a :class:`~frepa_monai.strategies.PretrainStrategy` per iteration.
+
+    Args:
+        strategy: the pretraining strategy (corruption + objective), e.g. ``FrepaStrategy(spatial_dims=3)``.
+        image_key: batch key of the raw images ``(B, C, *spatial)`` in [0, 1].
+        hessian_key: batch key of a Hessian channel computed in the data pipeline (optional: without it the
+            strategy computes the channel on the batch's device).
+        kwargs: ``SupervisedTrainer`` arguments (``device``, ``max_epochs``, ``train_data_loader``, ``network``,
+            ``optimizer``, ``train_handlers``, ``amp`` (CUDA only), ...); ``loss_function`` is the strategy.
+
+    ``engine.state.output`` holds ``image``, ``corrupted`` and ``pred`` (first view and its reconstruction),
+    ``loss`` and ``loss_terms`` (a dict of floats).
+    """
+
+    def __init__(
+        self, strategy: PretrainStrategy, image_key: str = "image", hessian_key: str = "hessian", **kwargs
+    ) -> None:
+        kwargs.setdefault("decollate", False)
+        super().__init__(loss_function=strategy, **kwargs)
+        self.strategy = strategy
+        self.image_key = image_key
+        self.hessian_key = hessian_key
+
+    def _iteration(self, engine: PretrainTrainer, batchdata: dict) -> dict:
+        images, hessian = _batch_tensors(
+            batchdata, engine.state.device, self.image_key, self.hessian_key, engine.non_blocking
+        )
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                out = self.strategy(engine.network, images, engine.state.epoch, hessian)
+            engine.scaler.scale(out.loss).backward()
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            out = self.strategy(engine.network, images, engine.state.epoch, hessian)
+            out.loss.backward()
+            engine.optimizer.step()
+        engine.state.output = {
+            "image": images,
+            "corrupted": out.corrupted.detach(),
+            "pred": out.recon.detach(),
+            "loss": out.loss.detach(),
+            "loss_terms": {k: float(v) for k, v in out.terms.items()},
+        }
+        return engine.state.output
+
+
+class PretrainEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` that reconstructs seeded corruptions of the validation images.
+
+    The strategy's random state is reset to ``seed`` when each evaluation starts, so every validation sees the
+    same corrupted images and the metrics of two epochs (or of a resumed and an uninterrupted run) compare.
+
+    Args:
+        strategy: the training strategy (a copy is used, so reseeding it leaves the trainer's draws alone).
+        seed: corruption seed of every evaluation.
+        image_key, hessian_key: as in :class:`PretrainTrainer`.
+        kwargs: ``SupervisedEvaluator`` arguments (``device``, ``val_data_loader``, ``network``,
+            ``key_val_metric``, ``additional_metrics``, ``val_handlers``, ``amp``, ...).
+
+    ``engine.state.output`` holds ``image``, ``corrupted``, ``pred`` (reconstruction) and ``label`` (raw image).
+    """
+
+    def __init__(
+        self,
+        strategy: PretrainStrategy,
+        seed: int = 12345,
+        image_key: str = "image",
+        hessian_key: str = "hessian",
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("decollate", False)
+        super().__init__(**kwargs)
+        self.strategy = copy.deepcopy(strategy)  # reseeding it must not disturb the trainer's draws
+        self.seed = seed
+        self.image_key = image_key
+        self.hessian_key = hessian_key
+        self.add_event_handler(Events.STARTED, lambda _: self.strategy.set_random_state(self.seed))
+
+    def _iteration(self, engine: PretrainEvaluator, batchdata: dict) -> dict:
+        images, hessian = _batch_tensors(
+            batchdata, engine.state.device, self.image_key, self.hessian_key, engine.non_blocking
+        )
+        engine.network.eval()
+        autocast = torch.autocast("cuda", **engine.amp_kwargs) if engine.amp else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            out = self.strategy(engine.network, images, engine.state.epoch, hessian)
+        engine.state.output = {
+            "image": images,
+            "corrupted": out.corrupted,
+            "pred": out.recon.float().clamp(0.0, 1.0),
+            "label": images,
+        }
+        return engine.state.output
+
+
+def loss_terms(output: dict) -> dict[str, float]:
+    """``output_transform`` for ``StatsHandler`` / ``TensorBoardStatsHandler``: every loss term of the step."""
+    return output["loss_terms"]
+
+
+class PreviewSaver:
+    """Save a PNG of raw | corrupted | reconstructed for the first image of the first batch of each run.
+
+    Attach to the evaluator (one preview per validation, named by the trainer's epoch) or to the trainer. 3D
+    volumes show their middle slice along the last axis; images are clipped to [0, 1].
+
+    Args:
+        output_dir: folder of the PNG files (``preview_epoch_<n>.png``), created if missing.
+        image_key, corrupted_key, pred_key: keys of ``engine.state.output``.
+    """
+
+    def __init__(
+        self, output_dir: str, image_key: str = "image", corrupted_key: str = "corrupted", pred_key: str = "pred"
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.keys = (image_key, corrupted_key, pred_key)
+        self._saved_for_run = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._saved_for_run = False
+
+    def __call__(self, engine: Engine) -> None:
+        if self._saved_for_run:
+            return
+        self._saved_for_run = True
+        panels = [_preview_panel(engine.state.output[k][0]) for k in self.keys]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / f"preview_epoch_{engine.state.epoch}.png"
+        _save_png(np.concatenate(panels, axis=1), path)
+        logger.info(f"saved preview {path}")
+
+
+def _preview_panel(image: torch.Tensor) -> np.ndarray:
+    """``(C, H, W[, D])`` -> ``(H, W, 3)`` uint8 (middle slice of a volume; grey images repeated)."""
+    image = torch.as_tensor(image).detach().float().cpu()
+    if image.ndim == 4:
+        image = image[..., image.shape[-1] // 2]
+    image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, *image.shape[1:])
+    return (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image  # MONAI's pillow extra
+
+    Image.fromarray(array).save(path)
+
+
+_EPOCH_FILE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """The newest ``checkpoint_epoch=<n>.pt`` written by MONAI's ``CheckpointSaver`` in ``ckpt_dir``, or ``None``."""
+    folder = Path(ckpt_dir)
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := _EPOCH_FILE.search(p.name))]
+    return str(max(found)[1]) if found else None
+
+
+class LatestCheckpointLoader:
+    """Resume from the newest epoch checkpoint in ``ckpt_dir`` when the engine starts; do nothing if none exists.
+
+    ``CheckpointSaver`` writes atomically (temporary file, then rename), so after a crash or kill the newest
+    file is complete and at most the epoch in progress is lost. Loading is MONAI's ``CheckpointLoader``.
+
+    Args:
+        ckpt_dir: the ``CheckpointSaver``'s ``save_dir``.
+        load_dict: objects to restore, e.g. ``{"network": ..., "optimizer": ..., "trainer": ...}``.
+        map_location: passed to ``torch.load``.
+    """
+
+    def __init__(self, ckpt_dir: str, load_dict: dict, map_location=None) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.load_dict = load_dict
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            logger.info(f"no checkpoint in {self.ckpt_dir}: training from scratch")
+            return
+        logger.warning(f"resuming from {path}")
+        CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location)(engine)
+
+
+class EpochSeeder:
+    """Seed everything random from ``(seed, epoch)`` when each epoch starts.
+
+    Sets torch / numpy / python seeds (``monai.utils.set_determinism``: data-loader shuffling, worker seeds) and
+    the random state of the given randomizables (the dataset's transforms, the strategy). An epoch's draws
+    then depend only on the seed and its number, so a run resumed at epoch ``k`` repeats the uninterrupted one.
+    """
+
+    def __init__(self, seed: int, randomizables: Sequence[Randomizable]) -> None:
+        self.seed = seed
+        self.randomizables = [r for r in randomizables if r is not None]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch_seed = self.seed + 1000 * engine.state.epoch
+        set_determinism(seed=epoch_seed)
+        for r in self.randomizables:
+            r.set_random_state(seed=epoch_seed)
+
+
+def announce_preset(use_gpu_preset: bool, preset: str, settings: dict) -> bool:
+    """Log which preset a bundle runs with, loudly on CPU; returns ``use_gpu_preset`` (for config expressions)."""
+    summary = ", ".join(f"{k}={v}" for k, v in settings.items())
+    if use_gpu_preset:
+        logger.warning(f"paper preset (preset='{preset}', CUDA available): {summary}")
+    else:
+        logger.warning(
+            f"no CUDA device or preset='{preset}': running the CPU preset ({summary}); "
+            "pass --preset gpu on a GPU machine for the paper settings"
+        )
+    return use_gpu_preset
+
+
+def find_bundle_root(name: str) -> str:
+    """Absolute path of bundle ``name``: the current folder when run from inside the bundle (the model zoo's way,
+    ``python -m monai.bundle run --config_file configs/train.json``), else ``bundles/<name>`` below it (this
+    repository's layout, as the README's commands run); override with ``--bundle_root``."""
+    here = Path.cwd()
+    if here.name == name and (here / "configs").is_dir():
+        return str(here)
+    candidate = here / "bundles" / name
+    return str(candidate if (candidate / "configs").is_dir() else here)
