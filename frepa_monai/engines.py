@@ -170,12 +170,19 @@ class PreviewSaver:
     Args:
         output_dir: folder of the PNG files (``preview_epoch_<n>.png``), created if missing.
         image_key, corrupted_key, pred_key: keys of ``engine.state.output``.
+        min_height: small images are enlarged (nearest neighbour, integer factor) to at least this height.
     """
 
     def __init__(
-        self, output_dir: str, image_key: str = "image", corrupted_key: str = "corrupted", pred_key: str = "pred"
+        self,
+        output_dir: str,
+        image_key: str = "image",
+        corrupted_key: str = "corrupted",
+        pred_key: str = "pred",
+        min_height: int = 256,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.min_height = min_height
         self.keys = (image_key, corrupted_key, pred_key)
         self._saved_for_run = False
 
@@ -190,10 +197,12 @@ class PreviewSaver:
         if self._saved_for_run:
             return
         self._saved_for_run = True
-        panels = [_preview_panel(engine.state.output[k][0]) for k in self.keys]
+        panels = np.concatenate([_preview_panel(engine.state.output[k][0]) for k in self.keys], axis=1)
+        zoom = max(1, -(-self.min_height // panels.shape[0]))  # nearest-neighbour enlargement of small crops
+        panels = panels.repeat(zoom, axis=0).repeat(zoom, axis=1)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"preview_epoch_{engine.state.epoch}.png"
-        _save_png(np.concatenate(panels, axis=1), path)
+        _save_png(panels, path)
         logger.info(f"saved preview {path}")
 
 

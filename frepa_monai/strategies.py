@@ -81,7 +81,9 @@ class PretrainStrategy(Randomizable):
 class FrepaStrategy(PretrainStrategy):
     """Frepa (paper 3.2): two views by :class:`~frepa_monai.transforms.FrepaCorruptd`, :class:`FrepaLoss`.
 
-    Each view goes through the autoencoder with the Hessian channel of the raw image; the reconstruction terms
+    The views go through the autoencoder in one batch, each with the Hessian channel of the raw image (the network
+    is called as ``network(x, return_embedding=True)``, see
+    :class:`~frepa_monai.networks.autoencoder.FrepaAutoEncoder`); the reconstruction terms
     compare every view's reconstruction with the raw image (masked RMSE on image-masked views), the
     consistency term compares the two views' encoder embeddings after the warm-up.
 
@@ -119,12 +121,11 @@ class FrepaStrategy(PretrainStrategy):
     ) -> StrategyOutput:
         hessian = self.hessian_of(images, hessian)
         views = self.corrupt({"image": images})
-        recons, masks, embeddings = [], [], []
-        for v in range(1, self.views + 1):
-            recon, embedding = network.forward_with_embedding(network_input(views[f"image_view{v}"], hessian))
-            recons.append(recon)
-            masks.append(views[f"mask_view{v}"])
-            embeddings.append(embedding)
+        # all views in one forward pass: one call through the network (and through DDP, which needs that)
+        inputs = torch.cat([network_input(views[f"image_view{v}"], hessian) for v in range(1, self.views + 1)])
+        recon, embedding = network(inputs, return_embedding=True)
+        recons, embeddings = recon.chunk(self.views), embedding.chunk(self.views)
+        masks = [views[f"mask_view{v}"] for v in range(1, self.views + 1)]
         terms = self.loss(recons, images, masks, embeddings, epoch=epoch)
         return StrategyOutput(
             loss=terms["loss"],

@@ -37,8 +37,14 @@ class FrepaAutoEncoder(nn.Module):
         embedding = self.encoder(x)
         return self.decoder(embedding, x.shape[2:]), embedding
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, *spatial)`` -> ``(B, C_out, *spatial)``."""
+    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+        """``(B, C_in, *spatial)`` -> ``(B, C_out, *spatial)``; with ``return_embedding`` also ``(B, F, *grid)``.
+
+        ``return_embedding=True`` is :meth:`forward_with_embedding` through ``forward``, so that wrappers such as
+        ``DistributedDataParallel`` see the call.
+        """
+        if return_embedding:
+            return self.forward_with_embedding(x)
         return self.decoder(self.encoder(x), x.shape[2:])
 
 
