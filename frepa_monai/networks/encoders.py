@@ -46,6 +46,7 @@ All presets work in 2D and 3D. The ``*_tiny`` presets (``vit_tiny``, ``swin_tiny
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -212,6 +213,13 @@ class ViTEncoder(nn.Module):
 
     ``(B, in_channels, *img_size)`` -> ``(B, hidden_size, *img_size / patch_size)``. The input must have exactly
     ``img_size`` (the learnt position embedding is defined on that grid); a ``ValueError`` names both sizes.
+
+    For MAE (:class:`~frepa_monai.baselines.MAEStrategy`), :meth:`forward_visible` runs the transformer on the
+    visible tokens only and fills the masked grid positions with ``mask_token``, a learnable ``(1, 1, hidden_size)``
+    parameter initialised to zeros (the only parameter beyond MONAI's ``ViT``; state dict key ``mae.mask_token``).
+    ``forward(x, visible)`` is ``forward_visible``; ``forward(x)`` (every token visible) gives the same output as
+    ``ViT``'s tokens, and the mask token is scattered nowhere but stays in the graph, so it always receives a
+    (zero) gradient, as ``DistributedDataParallel`` requires of every trainable parameter.
     """
 
     def __init__(
@@ -252,16 +260,53 @@ class ViTEncoder(nn.Module):
             qkv_bias=qkv_bias,
         )
         freeze_unused_cross_attention_norms(self.vit)
+        # a child registered after ``vit`` (state dict key ``mae.mask_token``), so ``vit.*`` keys stay first
+        self.mae = nn.ParameterDict({"mask_token": nn.Parameter(torch.zeros(1, 1, hidden_size))})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, *img_size)`` -> ``(B, hidden_size, *grid_size)``."""
+    @property
+    def mask_token(self) -> nn.Parameter:
+        """The learnable MAE mask token ``(1, 1, hidden_size)``, zeros-initialised."""
+        return self.mae["mask_token"]
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of patch tokens ``N = prod(grid_size)``, in C order of the grid."""
+        return math.prod(self.grid_size)
+
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, in_channels, *img_size)`` -> ``(B, hidden_size, *grid_size)``; ``visible``: :meth:`forward_visible`."""
+        return self.forward_visible(x, visible)
+
+    def forward_visible(self, x: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+        """Encode only the ``visible`` tokens of ``x`` (MAE encoder); masked grid positions get ``mask_token``.
+
+        Args:
+            x: ``(B, in_channels, *img_size)``; patch embedding and position embedding see the whole input.
+            visible: ``(B, N_visible)`` long indices into the ``N = prod(grid_size)`` tokens (C order of the
+                grid), the same count for every image; ``None`` means every token (:meth:`forward`).
+
+        Returns:
+            ``(B, hidden_size, *grid_size)``: the normalised visible tokens at their grid positions.
+        """
         if tuple(x.shape[2:]) != self.img_size:
             raise ValueError(
                 f"ViT encoder built for img_size {self.img_size} got an input of spatial size {tuple(x.shape[2:])}; "
                 "resize or crop the input to img_size (or rebuild the encoder with that img_size)."
             )
-        tokens, _ = self.vit(x)  # (B, N, hidden)
-        return tokens.transpose(1, 2).reshape(x.shape[0], self.out_channels, *self.grid_size)
+        tokens = self.vit.patch_embedding(x)  # (B, N, hidden), position embedding added
+        batch, hidden = tokens.shape[0], tokens.shape[-1]
+        if visible is None:
+            visible = torch.arange(tokens.shape[1], device=tokens.device).expand(batch, -1)
+        else:
+            if visible.ndim != 2 or visible.shape[0] != batch:
+                raise ValueError(f"visible must be (B={batch}, N_visible) indices, got shape {tuple(visible.shape)}.")
+            tokens = tokens.gather(1, visible[..., None].expand(-1, -1, hidden))
+        for block in self.vit.blocks:
+            tokens = block(tokens)
+        tokens = self.vit.norm(tokens)
+        grid = self.mask_token.to(tokens.dtype).expand(batch, self.num_tokens, hidden)
+        grid = grid.scatter(1, visible[..., None].expand(-1, -1, hidden), tokens)
+        return grid.transpose(1, 2).reshape(batch, self.out_channels, *self.grid_size)
 
 
 class SwinEncoder(nn.Module):
