@@ -2,7 +2,7 @@
 
 - :class:`PretrainTrainer`: a ``SupervisedTrainer`` whose iteration runs a pretraining strategy
   (:mod:`frepa_monai.strategies`: Frepa, or the MAE / MFM baselines) on the batch's device and
-  back-propagates its loss; every loss term lands in ``engine.state.output["loss_terms"]`` for the stats,
+  back-propagates its loss; the loss and every term land in the iteration output for the stats,
   TensorBoard and MLflow handlers.
 - :class:`PretrainEvaluator`: a ``SupervisedEvaluator`` that corrupts each validation batch with a fixed seed
   (the same corruption at every validation) and reconstructs it; ``pred`` is the reconstruction, ``label``
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import IterationEvents, SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointLoader
 from monai.transforms import Randomizable
 from monai.utils import set_determinism
@@ -40,6 +40,7 @@ __all__ = [
     "EpochSeeder",
     "latest_checkpoint",
     "loss_terms",
+    "first_sample",
     "announce_preset",
     "find_bundle_root",
 ]
@@ -68,14 +69,14 @@ class PretrainTrainer(SupervisedTrainer):
         kwargs: ``SupervisedTrainer`` arguments (``device``, ``max_epochs``, ``train_data_loader``, ``network``,
             ``optimizer``, ``train_handlers``, ``amp`` (CUDA only), ...); ``loss_function`` is the strategy.
 
-    ``engine.state.output`` holds ``image``, ``corrupted`` and ``pred`` (first view and its reconstruction),
-    ``loss`` and ``loss_terms`` (a dict of floats).
+    The iteration's output holds ``image``, ``corrupted`` and ``pred`` (first view and its reconstruction),
+    ``loss`` and each term as ``loss_<name>`` (see :func:`loss_terms`); MONAI decollates it into a list of per-image dicts, so
+    handlers with the default ``from_engine(["loss"], first=True)`` (``--tracking mlflow``) work unchanged.
     """
 
     def __init__(
         self, strategy: PretrainStrategy, image_key: str = "image", hessian_key: str = "hessian", **kwargs
     ) -> None:
-        kwargs.setdefault("decollate", False)
         super().__init__(loss_function=strategy, **kwargs)
         self.strategy = strategy
         self.image_key = image_key
@@ -87,23 +88,28 @@ class PretrainTrainer(SupervisedTrainer):
         )
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if engine.amp and engine.scaler is not None:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                out = self.strategy(engine.network, images, engine.state.epoch, hessian)
-            engine.scaler.scale(out.loss).backward()
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
+        autocast = torch.autocast("cuda", **engine.amp_kwargs) if engine.amp else contextlib.nullcontext()
+        with autocast:
             out = self.strategy(engine.network, images, engine.state.epoch, hessian)
-            out.loss.backward()
-            engine.optimizer.step()
         engine.state.output = {
             "image": images,
             "corrupted": out.corrupted.detach(),
             "pred": out.recon.detach(),
             "loss": out.loss.detach(),
-            "loss_terms": {k: float(v) for k, v in out.terms.items()},
+            **{f"{TERM_PREFIX}{k}": v.detach() for k, v in out.terms.items() if k != "loss"},
         }
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(out.loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            out.loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates the output here
         return engine.state.output
 
 
@@ -131,7 +137,6 @@ class PretrainEvaluator(SupervisedEvaluator):
         hessian_key: str = "hessian",
         **kwargs,
     ) -> None:
-        kwargs.setdefault("decollate", False)
         super().__init__(**kwargs)
         self.strategy = copy.deepcopy(strategy)  # reseeding it must not disturb the trainer's draws
         self.seed = seed
@@ -153,12 +158,27 @@ class PretrainEvaluator(SupervisedEvaluator):
             "pred": out.recon.float().clamp(0.0, 1.0),
             "label": images,
         }
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
 
-def loss_terms(output: dict) -> dict[str, float]:
-    """``output_transform`` for ``StatsHandler`` / ``TensorBoardStatsHandler``: every loss term of the step."""
-    return output["loss_terms"]
+def first_sample(output: dict | list[dict]) -> dict:
+    """The first sample of ``engine.state.output``, decollated (a list of dicts, MONAI's default) or not."""
+    if isinstance(output, list):
+        return output[0]
+    return {k: v[0] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in output.items()}
+
+
+TERM_PREFIX = "loss_"
+"""Prefix of the loss terms in the trainer's output (flat keys survive MONAI's decollation)."""
+
+
+def loss_terms(output: dict | list[dict]) -> dict[str, float]:
+    """``output_transform`` for ``StatsHandler`` / ``TensorBoardStatsHandler``: the loss and every term of the step."""
+    sample = first_sample(output)
+    terms = {k[len(TERM_PREFIX) :]: float(v) for k, v in sample.items() if k.startswith(TERM_PREFIX)}
+    return {"loss": float(sample["loss"]), **terms}
 
 
 class PreviewSaver:
@@ -197,7 +217,8 @@ class PreviewSaver:
         if self._saved_for_run:
             return
         self._saved_for_run = True
-        panels = np.concatenate([_preview_panel(engine.state.output[k][0]) for k in self.keys], axis=1)
+        sample = first_sample(engine.state.output)
+        panels = np.concatenate([_preview_panel(sample[k]) for k in self.keys], axis=1)
         zoom = max(1, -(-self.min_height // panels.shape[0]))  # nearest-neighbour enlargement of small crops
         panels = panels.repeat(zoom, axis=0).repeat(zoom, axis=1)
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -37,15 +37,17 @@ class FrepaAutoEncoder(nn.Module):
         embedding = self.encoder(x)
         return self.decoder(embedding, x.shape[2:]), embedding
 
-    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+    def forward(self, x: torch.Tensor, return_embedding: bool = False, visible: torch.Tensor | None = None):
         """``(B, C_in, *spatial)`` -> ``(B, C_out, *spatial)``; with ``return_embedding`` also ``(B, F, *grid)``.
 
         ``return_embedding=True`` is :meth:`forward_with_embedding` through ``forward``, so that wrappers such as
-        ``DistributedDataParallel`` see the call.
+        ``DistributedDataParallel`` see the call. ``visible`` ``(B, N_visible)``: token indices a ViT encoder
+        keeps (MAE, see :meth:`~frepa_monai.networks.encoders.ViTEncoder.forward`).
         """
         if return_embedding:
             return self.forward_with_embedding(x)
-        return self.decoder(self.encoder(x), x.shape[2:])
+        embedding = self.encoder(x) if visible is None else self.encoder(x, visible=visible)
+        return self.decoder(embedding, x.shape[2:])
 
 
 def build_autoencoder(
