@@ -8,8 +8,8 @@
   (the same corruption at every validation) and reconstructs it; ``pred`` is the reconstruction, ``label``
   the raw image, so MONAI metric handlers (RMSE, :class:`~frepa_monai.metrics.FrequencyFidelityMetric`)
   apply unchanged.
-- Handlers: :class:`PreviewSaver` (PNG of raw / corrupted / reconstructed), :class:`LatestCheckpointLoader`
-  (resume from the newest ``CheckpointSaver`` file, if any) and :class:`EpochSeeder` (per-epoch seeds, so
+- Handlers: :class:`PreviewSaver` (PNG of raw / corrupted / reconstructed), :class:`FrepaCheckpointLoader`
+  (resume from the newest ``CheckpointSaver`` file, if any; clear errors for checkpoints of another network) and :class:`EpochSeeder` (per-epoch seeds, so
   that a resumed run repeats an uninterrupted one).
 """
 
@@ -36,7 +36,7 @@ __all__ = [
     "PretrainTrainer",
     "PretrainEvaluator",
     "PreviewSaver",
-    "LatestCheckpointLoader",
+    "FrepaCheckpointLoader",
     "EpochSeeder",
     "latest_checkpoint",
     "loss_terms",
@@ -252,33 +252,54 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-class LatestCheckpointLoader:
-    """Resume from the newest epoch checkpoint in ``ckpt_dir`` when the engine starts; do nothing if none exists.
+class FrepaCheckpointLoader:
+    """Load a checkpoint when the engine starts, with MONAI's ``CheckpointLoader``, and say clearly when it does not fit.
 
-    ``CheckpointSaver`` writes atomically (temporary file, then rename), so after a crash or kill the newest
-    file is complete and at most the epoch in progress is lost. Loading is MONAI's ``CheckpointLoader``.
+    Either ``load_path`` (a file that must exist: evaluation, inference) or ``ckpt_dir``: resume from the newest
+    ``checkpoint_epoch=<n>.pt`` there, training from scratch when there is none. ``CheckpointSaver`` writes
+    atomically (temporary file, then rename), so after a crash or kill the newest file is complete and at most
+    the epoch in progress is lost. A checkpoint of another network (another encoder preset, size or channel
+    count) raises a ``ValueError`` that names the file.
 
     Args:
-        ckpt_dir: the ``CheckpointSaver``'s ``save_dir``.
         load_dict: objects to restore, e.g. ``{"network": ..., "optimizer": ..., "trainer": ...}``.
+        load_path: the checkpoint file.
+        ckpt_dir: the ``CheckpointSaver``'s ``save_dir``, searched for the newest epoch checkpoint.
         map_location: passed to ``torch.load``.
     """
 
-    def __init__(self, ckpt_dir: str, load_dict: dict, map_location=None) -> None:
-        self.ckpt_dir = ckpt_dir
+    def __init__(
+        self, load_dict: dict, load_path: str | None = None, ckpt_dir: str | None = None, map_location=None
+    ) -> None:
+        if (load_path is None) == (ckpt_dir is None):
+            raise ValueError("FrepaCheckpointLoader needs exactly one of load_path and ckpt_dir.")
         self.load_dict = load_dict
+        self.load_path = load_path
+        self.ckpt_dir = ckpt_dir
         self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        path = latest_checkpoint(self.ckpt_dir)
+        path = self.load_path
         if path is None:
-            logger.info(f"no checkpoint in {self.ckpt_dir}: training from scratch")
-            return
-        logger.warning(f"resuming from {path}")
-        CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location)(engine)
+            path = latest_checkpoint(self.ckpt_dir)
+            if path is None:
+                logger.info(f"no checkpoint in {self.ckpt_dir}: training from scratch")
+                return
+            logger.warning(f"resuming from {path}")
+        elif not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist; train the bundle first or pass --ckpt_path.")
+        try:
+            CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location)(engine)
+        except RuntimeError as e:
+            if "state_dict" not in str(e):
+                raise
+            raise ValueError(
+                f"checkpoint {path} was saved from another network architecture than the one configured "
+                f"(encoder preset, image size or channels differ):\n{e}"
+            ) from e
 
 
 class EpochSeeder:

@@ -76,11 +76,16 @@ def _as_batch(img: NdarrayOrTensor, spatial_dims: int | None, name: str) -> tupl
         )
     if not torch.is_floating_point(x) or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
+    _check_finite(x, name, source)
+    batched = x.ndim == dims + 2
+    return (x if batched else x[None]), batched
+
+
+def _check_finite(x: torch.Tensor, name: str, source: str) -> None:
+    """Raise a ``ValueError`` naming ``name`` and ``source`` if the float tensor ``x`` holds NaN or Inf."""
     # NaN and Inf propagate into the sum, which is far cheaper than isfinite(x); the latter only confirms
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: {source}contains NaN or Inf values; clean or mask the image first.")
-    batched = x.ndim == dims + 2
-    return (x if batched else x[None]), batched
 
 
 def _source_of(img: NdarrayOrTensor) -> str:
@@ -821,7 +826,8 @@ class ScaleIntensityByModalityd(MapTransform):
     Items whose ``window_key`` names a CT window (:data:`CT_WINDOWS`, or ``windows``) go through MONAI's
     ``ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)``; all others (``"none"``, missing key) through
     ``ScaleIntensityRangePercentiles(lower, upper, 0, 1, clip=True)``, the paper's rule for non-CT modalities.
-    A datalist mixing CT and MR / X-ray / photographs is thus normalised item by item.
+    A datalist mixing CT and MR / X-ray / photographs is thus normalised item by item. Images with NaN or Inf
+    raise a ``ValueError`` naming the key and, for loaded images, the file.
 
     Args:
         keys: images to rescale.
@@ -854,5 +860,7 @@ class ScaleIntensityByModalityd(MapTransform):
             raise ValueError(f"unknown CT window '{window}' under key '{self.window_key}'; known: {sorted(self.windows)}.")
         scale = self.windows.get(window, self.percentiles)
         for key in self.key_iterator(d):
+            image = convert_to_tensor(d[key], track_meta=False)
+            _check_finite(image if torch.is_floating_point(image) else image.float(), f"key '{key}'", _source_of(d[key]))
             d[key] = scale(d[key])
         return d

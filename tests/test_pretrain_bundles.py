@@ -1,0 +1,186 @@
+"""The pretraining bundles run through MONAI's ConfigWorkflow, as the model zoo's CI runs bundles.
+
+Every test copies a bundle to a temporary folder (``bundle_root``) and shrinks it with config overrides (2 to 8
+real sample images, small crops, 1-2 epochs), so that train, evaluate and inference take seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from frepa_monai.data import pretrain_3d_datalist
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {
+    "frepa_pretrain_3d": {
+        "preset": "cpu",
+        "cpu_settings#patch_size": [32, 32, 32],
+        "cpu_settings#num_samples": 1,
+        "cpu_settings#max_epochs": 2,
+        "cpu_settings#val_interval": 1,
+        "train_datalist": "$@datalist['training'][:2]",
+    },
+    "frepa_pretrain_2d": {
+        "preset": "cpu",
+        "cpu_settings#image_size": [32, 32],
+        "cpu_settings#batch_size": 4,
+        "cpu_settings#max_epochs": 2,
+        "cpu_settings#val_interval": 1,
+        "train_datalist": "$@datalist['training'][:8]",
+        "val_datalist": "$@datalist['validation'][:2]",
+    },
+}
+INFER_SMALL = {
+    "frepa_pretrain_3d": {"preset": "cpu", "patch_size": [32, 32, 32]},
+    "frepa_pretrain_2d": {"preset": "cpu", "image_size": [32, 32]},
+}
+
+
+def bundle_copy(tmp_path: Path, name: str) -> Path:
+    root = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name, root, ignore=shutil.ignore_patterns("models", "eval"))
+    return root
+
+
+def workflow(root: Path, configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
+    files = [str(root / "configs" / c) for c in configs]
+    wf = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        workflow_type=workflow_type,
+        logging_file=False,
+        bundle_root=str(root),
+        **override,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    return wf
+
+
+def train(root: Path, name: str, **override) -> ConfigWorkflow:
+    wf = workflow(root, ["train.json"], **{**SMALL[name], **override})
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.mark.parametrize("name", ["frepa_pretrain_3d", "frepa_pretrain_2d"])
+def test_train_evaluate_inference(tmp_path, name):
+    root = bundle_copy(tmp_path, name)
+    wf = train(root, name)
+    trainer, evaluator = wf.parser.get_parsed_content("train#trainer"), wf.parser.get_parsed_content("validate#evaluator")
+    assert trainer.state.epoch == 2
+    terms = trainer.state.output[0]
+    assert {"loss", "loss_rmse", "loss_grad", "loss_hfl", "loss_con"} <= set(terms)
+    assert float(terms["loss_con"]) == 0.0  # epochs 1-2: still in the 5-epoch warm-up
+    metrics = evaluator.state.metrics
+    assert set(metrics) == {"val_rmse", "val_rho_low", "val_rho_mid", "val_rho_high"}
+    assert 0 < metrics["val_rmse"] < 1 and all(0 < metrics[f"val_rho_{b}"] <= 1 for b in ("low", "mid", "high"))
+
+    models, out = root / "models", root / "eval"
+    assert {"checkpoint_epoch=2.pt", "model.pt", "encoder.pt"} <= {p.name for p in models.iterdir()}
+    assert list(out.glob("events.out.tfevents.*")), "no TensorBoard events"
+    preview = out / "previews" / "preview_epoch_2.png"
+    assert preview.is_file() and preview.stat().st_size > 1000
+    encoder = torch.load(models / "encoder.pt", map_location="cpu", weights_only=True)
+    assert encoder["network_config"]["name"] == "vit_tiny"
+    assert encoder["network_config"]["in_channels"] == (2 if name.endswith("3d") else 4)
+
+    # evaluate.json: the best model on the validation split reproduces the training's validation metrics
+    ev = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])
+    ev.run()
+    saved = dict(line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
+    assert set(saved) == set(metrics)
+    assert float(saved["val_rmse"]) == pytest.approx(evaluator.state.best_metric, rel=1e-5)
+
+    # inference.json: reconstructions of the test split, saved with the input's geometry
+    inf = workflow(root, ["inference.json"], workflow_type="infer", **INFER_SMALL[name])
+    inf.run()
+    saved = sorted((out / "inference").iterdir())
+    assert saved and all("_recon" in p.name for p in saved)
+    if name.endswith("3d"):
+        source = nib.load(pretrain_3d_datalist()["test"][0]["image"])
+        recon = nib.load(saved[0])
+        assert recon.shape[:3] == source.shape and np.allclose(recon.affine, source.affine)
+        assert 0.0 <= recon.get_fdata().min() and recon.get_fdata().max() <= 1.0
+
+
+def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
+    """A run stopped after epoch 1 and restarted ends exactly where an uninterrupted seeded run ends."""
+    name = "frepa_pretrain_2d"
+    whole = bundle_copy(tmp_path / "whole", name)
+    train(whole, name)
+    parts = bundle_copy(tmp_path / "parts", name)
+    train(parts, name, **{"cpu_settings#max_epochs": 1})
+    assert (parts / "models" / "checkpoint_epoch=1.pt").is_file()
+    resumed = train(parts, name)  # same command again: resumes from checkpoint_epoch=1.pt
+    assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
+    a = torch.load(whole / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    b = torch.load(parts / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    for key, value in a["network"].items():
+        torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6)
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"] > 0
+
+
+def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
+    name = "frepa_pretrain_3d"
+    root = bundle_copy(tmp_path, name)
+    train(root, name, **{"cpu_settings#max_epochs": 1, "cpu_settings#encoder": "convnext_tiny"})
+    wf = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])  # vit_tiny
+    with pytest.raises(Exception) as info:
+        wf.run()
+    chain = _messages(info.value)
+    assert "model.pt" in chain and "another network architecture" in chain
+
+
+def _messages(error: BaseException) -> str:
+    text = []
+    while error is not None:
+        text.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(text)
+
+
+def test_corrupt_or_nan_volume_gives_an_error_naming_the_file(tmp_path):
+    name = "frepa_pretrain_3d"
+    root = bundle_copy(tmp_path, name)
+    good = pretrain_3d_datalist()["training"][0]["image"]
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(gzip.decompress(Path(good).read_bytes())[:2000])
+    nan_volume = tmp_path / "nan_volume.nii.gz"
+    data = np.random.default_rng(0).random((40, 40, 40)).astype(np.float32)
+    data[5, 6, 7] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), nan_volume)
+    for bad, reason in ((truncated, ""), (nan_volume, "NaN or Inf")):
+        items = f"$[{{'image': '{bad}', 'window': 'none'}}]"
+        with pytest.raises(Exception) as info:
+            train(root, name, train_datalist=items, val_datalist=items)
+        chain = _messages(info.value)
+        assert bad.name in chain and reason in chain
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """``torchrun --nproc_per_node=2`` with multi_gpu_train.json trains with the gloo backend on a CPU."""
+    name = "frepa_pretrain_3d"
+    root = bundle_copy(tmp_path, name)
+    configs = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
+    overrides = [arg for k, v in SMALL[name].items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "--config_file", configs, "--bundle_root", str(root), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (root / "models" / "checkpoint_epoch=2.pt").is_file() and (root / "models" / "encoder.pt").is_file()
+    assert result.stderr.count("Epoch[2] Metrics") + result.stdout.count("Epoch[2] Metrics") >= 1
