@@ -9,9 +9,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -184,3 +186,34 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "models" / "checkpoint_epoch=2.pt").is_file() and (root / "models" / "encoder.pt").is_file()
     assert result.stderr.count("Epoch[2] Metrics") + result.stdout.count("Epoch[2] Metrics") >= 1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
+    """SIGKILL during training, then the same command again: it resumes from the newest atomic checkpoint
+    and ends with the weights of an uninterrupted seeded run."""
+    name = "frepa_pretrain_2d"
+    small = {**SMALL[name], "cpu_settings#max_epochs": 3, "train_datalist": "$@datalist['training'][:32]"}
+    whole = bundle_copy(tmp_path / "whole", name)
+    train(whole, name, **small)
+
+    root = bundle_copy(tmp_path / "killed", name)
+    overrides = [arg for k, v in small.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json"),
+           "--bundle_root", str(root), *overrides]
+    process = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (root / "models" / "checkpoint_epoch=1.pt").exists() and process.poll() is None:
+            assert time.time() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    stopped_at = max(int(p.stem.split("=")[1]) for p in (root / "models").glob("checkpoint_epoch=*.pt"))
+    assert stopped_at < 3, "the run finished before it was killed"
+    train(root, name, **small)  # the README's command again
+    a = torch.load(whole / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    b = torch.load(root / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    for key, value in a["network"].items():
+        torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6)
