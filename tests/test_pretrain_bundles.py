@@ -25,8 +25,9 @@ from monai.bundle import ConfigWorkflow
 from frepa_monai.data import pretrain_3d_datalist
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {
+SMALL = {  # MLflow off except where a test checks it: creating its SQLite store takes seconds
     "frepa_pretrain_3d": {
+        "mlflow": False,
         "preset": "cpu",
         "cpu_settings#patch_size": [32, 32, 32],
         "cpu_settings#num_samples": 1,
@@ -35,6 +36,7 @@ SMALL = {
         "train_datalist": "$@datalist['training'][:2]",
     },
     "frepa_pretrain_2d": {
+        "mlflow": False,
         "preset": "cpu",
         "cpu_settings#image_size": [32, 32],
         "cpu_settings#batch_size": 4,
@@ -80,7 +82,7 @@ def train(root: Path, name: str, **override) -> ConfigWorkflow:
 @pytest.mark.parametrize("name", ["frepa_pretrain_3d", "frepa_pretrain_2d"])
 def test_train_evaluate_inference(tmp_path, name):
     root = bundle_copy(tmp_path, name)
-    wf = train(root, name)
+    wf = train(root, name, mlflow=name.endswith("3d"))
     trainer, evaluator = wf.parser.get_parsed_content("train#trainer"), wf.parser.get_parsed_content("validate#evaluator")
     assert trainer.state.epoch == 2
     terms = trainer.state.output[0]
@@ -93,6 +95,13 @@ def test_train_evaluate_inference(tmp_path, name):
     models, out = root / "models", root / "eval"
     assert {"checkpoint_epoch=2.pt", "model.pt", "encoder.pt"} <= {p.name for p in models.iterdir()}
     assert list(out.glob("events.out.tfevents.*")), "no TensorBoard events"
+    if name.endswith("3d"):  # one MLflow run in the local SQLite store with every loss term and metric
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{out / 'mlruns.db'}")
+        runs = mlflow.search_runs(experiment_names=[name])
+        assert len(runs) == 1
+        assert {"metrics.rmse", "metrics.con", "metrics.val_rmse", "metrics.val_rho_high"} <= set(runs.columns)
     preview = out / "previews" / "preview_epoch_2.png"
     assert preview.is_file() and preview.stat().st_size > 1000
     encoder = torch.load(models / "encoder.pt", map_location="cpu", weights_only=True)
