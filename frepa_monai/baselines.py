@@ -20,7 +20,6 @@ Randomness: every call draws one seed from ``self.R`` and uses a ``torch.Generat
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 
@@ -36,7 +35,6 @@ from frepa_monai.strategies import PretrainStrategy, StrategyOutput, network_inp
 
 __all__ = [
     "unwrap",
-    "accepts_visible",
     "random_patch_mask",
     "patch_to_pixel_mask",
     "circular_frequency_mask",
@@ -64,16 +62,6 @@ def unwrap(network: nn.Module) -> nn.Module:
     while isinstance(getattr(network, "module", None), nn.Module):
         network = network.module
     return network
-
-
-def accepts_visible(network: nn.Module) -> bool:
-    """Whether the autoencoder's ``forward`` takes ``visible`` (token indices passed on to a ViT encoder).
-
-    Then MAE calls ``network(x, visible=visible)``, one call through any wrapper (``DistributedDataParallel``
-    synchronises gradients only for calls of its ``forward``); otherwise it calls the encoder and the decoder of
-    the unwrapped autoencoder, which is right on one process.
-    """
-    return "visible" in inspect.signature(unwrap(network).forward).parameters
 
 
 # ---------------------------------------------------------------------------------------------- masks
@@ -299,11 +287,8 @@ class MAEStrategy(PretrainStrategy):
         if isinstance(encoder, ViTEncoder):
             if visible.shape[1] == 0:
                 raise ValueError(f"mask_ratio {self.mask_ratio} masks every one of the {masked[0].numel()} tokens.")
-            x = network_input(images, hessian)  # masked tokens are dropped inside the encoder
-            if accepts_visible(network):
-                recon = network(x, visible=visible)  # through the wrapper's forward (DistributedDataParallel)
-            else:
-                recon = unwrap(network).decoder(encoder(x, visible=visible), x.shape[2:])
+            # masked tokens are dropped inside the encoder; one call through the (DDP) wrapper's forward
+            recon = network(network_input(images, hessian), visible=visible)
         else:
             recon = network(network_input(corrupted, hessian))
         mse = MaskedPatchMSELoss(patch, self.norm_pix_loss)(recon, images, masked)
