@@ -1,9 +1,10 @@
 """Time the Frepa networks: forward + backward per image of each tiny preset, and the share of a pretraining
 step spent in corruption + Hessian channel.
 
-A pretraining step here is: ``FrepaCorruptd`` (two corrupted views + the Hessian channel of the raw batch),
-concatenating the Hessian channel to each view, the autoencoder forward on both views, MSE against the raw
-image, backward and an Adam step. The share is ``corruption time / step time`` (goal: at most 10%).
+A pretraining step here is ``FrepaStrategy``'s: two corrupted views (``FrepaCorruptd``), the Hessian channel of
+the raw batch concatenated to each, one autoencoder forward of both views, ``FrepaLoss``, backward and an Adam
+step. ``share`` is the time of corruption + Hessian channel over the whole step; ``share*`` the corruption's
+alone, when the Hessian channel comes from the data pipeline as in the bundles (goal: at most 10%).
 
 Example::
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from frepa_monai.networks import build_autoencoder
+from frepa_monai.strategies import FrepaStrategy
 
 TINY = ("vit_tiny", "swin_tiny", "convnext_tiny", "mednext_tiny")
 IMAGE_CHANNELS = {2: 3, 3: 1}  # image channels; the encoder takes one more (the Hessian channel)
@@ -67,27 +69,33 @@ def time_forward_backward(ae, x: torch.Tensor, target: torch.Tensor, repeats: in
     return sum(times) / len(times) / x.shape[0]
 
 
-def time_pretraining_step(ae, corrupt, image: torch.Tensor, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Seconds per batch of (corruption + Hessian, whole pretraining step)."""
+def time_pretraining_step(ae, image: torch.Tensor, spatial_dims: int, repeats: int, device: torch.device):
+    """Seconds per batch of (Hessian channel, corruption of two views, whole step with the Hessian given).
+
+    The step is ``FrepaStrategy``'s: corruption, one forward of both views, ``FrepaLoss``, backward, Adam.
+    """
+    strategy = FrepaStrategy(spatial_dims).set_random_state(0)
     opt = torch.optim.Adam(ae.parameters(), lr=1e-4)
-    corruption, step = [], []
+    hessian_t, corrupt_t, step_t = [], [], []
     for i in range(repeats + 1):
         _sync(device)
         t0 = time.perf_counter()
-        d = corrupt({"image": image})
-        views = [torch.cat([d[f"image_view{v}"], d["hessian"]], dim=1) for v in (1, 2)]
+        hessian = strategy.hessian_of(image, None)
         _sync(device)
         t1 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = sum(F.mse_loss(ae(v), image) for v in views)
-        loss.backward()
-        opt.step()
+        strategy.corrupt({"image": image})
         _sync(device)
         t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        strategy(ae, image, epoch=10, hessian=hessian).loss.backward()
+        opt.step()
+        _sync(device)
+        t3 = time.perf_counter()
         if i > 0:
-            corruption.append(t1 - t0)
-            step.append(t2 - t0)
-    return sum(corruption) / len(corruption), sum(step) / len(step)
+            hessian_t.append(t1 - t0)
+            corrupt_t.append(t2 - t1)
+            step_t.append(t3 - t2)
+    return [sum(t) / len(t) for t in (hessian_t, corrupt_t, step_t)]
 
 
 def main(argv=None) -> None:
@@ -96,16 +104,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    try:
-        from frepa_monai.transforms import FrepaCorruptd
-    except ImportError as e:  # the corruption transforms are written separately
-        FrepaCorruptd = None
-        print(f"corruption share skipped: frepa_monai.transforms.FrepaCorruptd unavailable ({e})")
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, batch {args.batch}")
     header = (
         f"{'preset':<14}{'dims':>4}  {'input':<18}{'enc M':>7}{'all M':>7}"
-        f"{'fwd+bwd ms/img':>16}{'corrupt ms':>12}{'step ms':>10}{'share':>8}"
+        f"{'fwd+bwd ms/img':>16}{'hessian ms':>12}{'corrupt ms':>12}{'step ms':>10}{'share':>8}{'share*':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -113,10 +115,6 @@ def main(argv=None) -> None:
         size = args.size_2d if spatial_dims == 2 else args.size_3d
         channels = IMAGE_CHANNELS[spatial_dims]
         image = smooth_images(args.batch, channels, size, spatial_dims, device)
-        corrupt = None
-        if FrepaCorruptd is not None:
-            corrupt = FrepaCorruptd(keys="image", views=2, spatial_dims=spatial_dims)
-            corrupt.set_random_state(args.seed)
         for name in args.presets:
             ae = build_autoencoder(name, spatial_dims, channels + 1, size).to(device).train()
             n_enc = sum(p.numel() for p in ae.encoder.parameters()) / 1e6
@@ -127,10 +125,13 @@ def main(argv=None) -> None:
                 f"{name:<14}{spatial_dims:>4}  {str(tuple(x.shape)):<18}{n_enc:>7.2f}{n_all:>7.2f}"
                 f"{1e3 * fwd_bwd:>16.1f}"
             )
-            if corrupt is not None:
-                t_corrupt, t_step = time_pretraining_step(ae, corrupt, image, args.repeats, device)
-                row += f"{1e3 * t_corrupt:>12.1f}{1e3 * t_step:>10.1f}{100 * t_corrupt / t_step:>7.1f}%"
+            t_hessian, t_corrupt, t_step = time_pretraining_step(ae, image, spatial_dims, args.repeats, device)
+            share = (t_hessian + t_corrupt) / (t_hessian + t_step)
+            row += f"{1e3 * t_hessian:>12.1f}{1e3 * t_corrupt:>12.1f}{1e3 * t_step:>10.1f}"
+            row += f"{100 * share:>7.1f}%{100 * t_corrupt / t_step:>7.1f}%"
             print(row, flush=True)
+    print("share: corruption + Hessian channel of a step computing both; share*: corruption only, with the Hessian")
+    print("channel computed in the data pipeline (as the bundles do, in the data loader's workers)")
 
 
 if __name__ == "__main__":
