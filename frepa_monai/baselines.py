@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.utils import MAX_SEED, ensure_tuple_rep
+from monai.utils import ensure_tuple_rep
 from torch.nn.modules.loss import _Loss
 
 from frepa_monai.frequency import squared_frequency_distance
@@ -43,12 +43,6 @@ __all__ = [
     "MAEStrategy",
     "MFMStrategy",
 ]
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
 
 
 def _spatial_dims_of(x: torch.Tensor) -> tuple[int, ...]:
@@ -278,7 +272,7 @@ class MAEStrategy(PretrainStrategy):
         self, network: nn.Module, images: torch.Tensor, epoch: int, hessian: torch.Tensor | None = None
     ) -> StrategyOutput:
         hessian = self.hessian_of(images, hessian)
-        generator = _generator(int(self.R.randint(MAX_SEED)), images.device)
+        generator = self.draw_generator(images.device)
         encoder = unwrap(network).encoder
         patch = self.patch_size_for(encoder)
         masked, visible = self.draw_mask(images, patch, generator)
@@ -363,7 +357,7 @@ class MFMStrategy(PretrainStrategy):
         self, network: nn.Module, images: torch.Tensor, epoch: int, hessian: torch.Tensor | None = None
     ) -> StrategyOutput:
         hessian = self.hessian_of(images, hessian)
-        generator = _generator(int(self.R.randint(MAX_SEED)), images.device)
+        generator = self.draw_generator(images.device)
         masked = self.draw_mask(images, generator)
         corrupted = self.corrupt(images, masked)
         recon = network(network_input(corrupted, hessian))

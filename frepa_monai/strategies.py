@@ -14,9 +14,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai.transforms import Randomizable
+from monai.utils import MAX_SEED
 
 from frepa_monai.losses import FrepaLoss
-from frepa_monai.transforms import FrepaCorruptd, HessianFilter
+from frepa_monai.transforms import FrepaCorruptd, HessianFilter, seeded_generator
 
 __all__ = ["StrategyOutput", "PretrainStrategy", "FrepaStrategy", "network_input"]
 
@@ -68,8 +69,12 @@ class PretrainStrategy(Randomizable):
             return None
         return hessian if hessian is not None else self.hessian_filter.ridges(images.float().mean(1, keepdim=True))
 
-    def randomize(self, data=None) -> None:  # draws happen inside __call__, from seeded sub-transforms
+    def randomize(self, data=None) -> None:  # draws happen inside __call__, see draw_generator
         pass
+
+    def draw_generator(self, device: torch.device) -> torch.Generator:
+        """A torch generator on ``device`` for one step, seeded by one draw from this strategy's random state."""
+        return seeded_generator(int(self.R.randint(MAX_SEED)), device)
 
     def __call__(
         self, network: nn.Module, images: torch.Tensor, epoch: int, hessian: torch.Tensor | None = None

@@ -43,6 +43,7 @@ __all__ = [
     "FrepaCorruptd",
     "CT_WINDOWS",
     "ScaleIntensityByModalityd",
+    "seeded_generator",
 ]
 
 FREQUENCY = 0
@@ -103,7 +104,8 @@ def _restore(out: torch.Tensor, batched: bool, like: NdarrayOrTensor) -> Ndarray
     return convert_to_dst_type(out, like)[0]
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A torch random generator on ``device`` seeded with ``seed`` (all draws of a call come from it)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
@@ -254,7 +256,7 @@ class FrequencyDualMask(_TorchSeeded):
         x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
         if not self._do_transform or not (self.high_freq_mask or self.low_freq_perturb):
             return img
-        return _restore(self.corrupt(x, _generator(self._seed, x.device)), batched, img)
+        return _restore(self.corrupt(x, seeded_generator(self._seed, x.device)), batched, img)
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Corrupt a float batch ``(B, C, *spatial)`` with the given generator; returns a new tensor."""
@@ -401,7 +403,7 @@ class HistogramEqualizedMask(_TorchSeeded):
         if not self._do_transform:
             mask = torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
             return img, (mask if batched else mask[0])
-        out, mask = self.corrupt(x, _generator(self._seed, x.device))
+        out, mask = self.corrupt(x, seeded_generator(self._seed, x.device))
         return _restore(out, batched, img), (mask if batched else mask[0])
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -794,7 +796,7 @@ class FrepaCorruptd(_TorchSeeded, MapTransform):
             x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
         except ValueError as e:
             raise ValueError(f"key '{key}': {e}") from e
-        gen = _generator(self._seed, x.device)
+        gen = seeded_generator(self._seed, x.device)
         for view in range(1, self.views + 1):
             use_freq = torch.rand(x.shape[0], generator=gen, device=x.device) < self.prob_frequency
             out = torch.empty_like(x)
