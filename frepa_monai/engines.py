@@ -43,6 +43,7 @@ __all__ = [
     "first_sample",
     "announce_preset",
     "find_bundle_root",
+    "to_feature_grid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -346,3 +347,22 @@ def find_bundle_root(name: str) -> str:
         return str(here)
     candidate = here / "bundles" / name
     return str(candidate if (candidate / "configs").is_dir() else here)
+
+
+def to_feature_grid(image: torch.Tensor, stride) -> torch.Tensor:
+    """Give a feature map the geometry of its grid: voxel ``i`` of an encoder with ``stride`` ``s`` covers input
+    voxels ``[s i, s i + s)``, so the affine is scaled by ``s`` and shifted to their centre ``s i + (s - 1) / 2``.
+
+    ``image`` is a MetaTensor ``(C, *grid)`` whose affine is the input's (as inferers return it); other tensors
+    are returned unchanged.
+    """
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return image
+    nd = image.ndim - 1
+    s = torch.as_tensor([float(v) for v in (stride if isinstance(stride, Sequence) else [stride] * nd)][:nd])
+    zoom = torch.eye(affine.shape[0], dtype=torch.float64)  # MONAI keeps 4 x 4 affines for 2D images too
+    zoom[range(nd), range(nd)] = s.double()
+    zoom[:nd, -1] = (s.double() - 1) / 2
+    image.affine = affine.double() @ zoom
+    return image

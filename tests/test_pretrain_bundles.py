@@ -120,11 +120,18 @@ def test_train_evaluate_inference(tmp_path, name):
     inf.run()
     saved = sorted((out / "inference").iterdir())
     assert saved and all("_recon" in p.name for p in saved)
+    source = None
     if name.endswith("3d"):
         source = nib.load(pretrain_3d_datalist()["test"][0]["image"])
         recon = nib.load(saved[0])
         assert recon.shape[:3] == source.shape and np.allclose(recon.affine, source.affine)
         assert 0.0 <= recon.get_fdata().min() and recon.get_fdata().max() <= 1.0
+        # --mode embed: the encoder's feature map, with the geometry of its grid (stride 8 for vit_tiny)
+        workflow(root, ["inference.json"], workflow_type="infer", mode="embed", **INFER_SMALL[name]).run()
+        embedding = nib.load(next((out / "inference").glob("*_embedding.nii.gz")))
+        assert np.allclose(embedding.shape[:3], np.array(source.shape) / 8, atol=1) and embedding.shape[3] == 96
+        np.testing.assert_allclose(embedding.header.get_zooms()[:3], 8 * np.array(source.header.get_zooms()[:3]))
+        np.testing.assert_allclose(embedding.affine[:3, 3], source.affine[:3, :3] @ np.full(3, 3.5) + source.affine[:3, 3])
 
 
 def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
