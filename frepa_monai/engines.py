@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import IterationEvents, SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import CheckpointLoader
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable
 from monai.utils import set_determinism
 
@@ -37,7 +38,9 @@ __all__ = [
     "PretrainEvaluator",
     "PreviewSaver",
     "FrepaCheckpointLoader",
+    "AtomicCheckpointSaver",
     "EpochSeeder",
+    "BestModelRecord",
     "latest_checkpoint",
     "loss_terms",
     "first_sample",
@@ -247,7 +250,7 @@ _EPOCH_FILE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
 def latest_checkpoint(ckpt_dir: str) -> str | None:
-    """The newest ``checkpoint_epoch=<n>.pt`` written by MONAI's ``CheckpointSaver`` in ``ckpt_dir``, or ``None``."""
+    """The newest ``checkpoint_epoch=<n>.pt`` written by a ``CheckpointSaver`` in ``ckpt_dir``, or ``None``."""
     folder = Path(ckpt_dir)
     found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := _EPOCH_FILE.search(p.name))]
     return str(max(found)[1]) if found else None
@@ -257,9 +260,9 @@ class FrepaCheckpointLoader:
     """Load a checkpoint when the engine starts, with MONAI's ``CheckpointLoader``, and say clearly when it does not fit.
 
     Either ``load_path`` (a file that must exist: evaluation, inference) or ``ckpt_dir``: resume from the newest
-    ``checkpoint_epoch=<n>.pt`` there, training from scratch when there is none. ``CheckpointSaver`` writes
-    atomically (temporary file, then rename), so after a crash or kill the newest file is complete and at most
-    the epoch in progress is lost. A checkpoint of another network (another encoder preset, size or channel
+    ``checkpoint_epoch=<n>.pt`` there, training from scratch when there is none. :class:`AtomicCheckpointSaver`
+    writes atomically (temporary file, then rename), so after a crash or kill the newest file is complete and at
+    most the epoch in progress is lost. A checkpoint of another network (another encoder preset, size or channel
     count) raises a ``ValueError`` that names the file.
 
     Args:
@@ -301,6 +304,53 @@ class FrepaCheckpointLoader:
                 f"checkpoint {path} was saved from another network architecture than the one configured "
                 f"(encoder preset, image size or channels differ):\n{e}"
             ) from e
+
+
+class _AtomicDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver`` in atomic mode (temporary file in the same folder, then ``os.replace``; group and
+    others keep read permission), with MONAI's fixed-filename option."""
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, require_empty=False, atomic=True)
+        self.filename = filename
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        super().remove(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose files are written atomically, so a crash or kill never leaves a truncated
+    checkpoint (MONAI's own saver writes in place: a kill during a save corrupts the newest file).
+
+    Takes the arguments of ``monai.handlers.CheckpointSaver``.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs) -> None:
+        super().__init__(save_dir, save_dict, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicDiskSaver(save_dir, getattr(checkpoint.save_handler, "filename", None))
+
+
+class BestModelRecord:
+    """The best scores a ``CheckpointSaver`` (``save_key_metric=True``) remembers, as a checkpointable object.
+
+    Put it in the epoch checkpoints' ``save_dict`` / ``load_dict`` so that a resumed run still knows which
+    validation score its ``model.pt`` had, and replaces it only with a better model (MONAI's saver keeps that
+    record only in memory).
+    """
+
+    def __init__(self, saver) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        return self.saver._key_metric_checkpoint.state_dict()  # the ignite Checkpoint behind the key metric
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.saver.load_state_dict(state_dict)
 
 
 class EpochSeeder:

@@ -149,6 +149,12 @@ def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
     for key, value in a["network"].items():
         torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6)
     assert a["trainer"]["iteration"] == b["trainer"]["iteration"] > 0
+    # the best model (lowest validation RMSE over both parts) is the uninterrupted run's best model
+    assert a["best_model"]["_saved"] == b["best_model"]["_saved"] and len(a["best_model"]["_saved"]) == 1
+    best_a = torch.load(whole / "models" / "model.pt", map_location="cpu", weights_only=True)
+    best_b = torch.load(parts / "models" / "model.pt", map_location="cpu", weights_only=True)
+    for key, value in best_a.items():
+        torch.testing.assert_close(best_b[key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
@@ -209,7 +215,7 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     """SIGKILL during training, then the same command again: it resumes from the newest atomic checkpoint
     and ends with the weights of an uninterrupted seeded run."""
     name = "frepa_pretrain_2d"
-    small = {**SMALL[name], "cpu_settings#max_epochs": 3, "train_datalist": "$@datalist['training'][:32]"}
+    small = {**SMALL[name], "cpu_settings#max_epochs": 4, "train_datalist": "$@datalist['training'][:32]"}
     whole = bundle_copy(tmp_path / "whole", name)
     train(whole, name, **small)
 
@@ -222,14 +228,14 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
         deadline = time.time() + 240
         while not (root / "models" / "checkpoint_epoch=1.pt").exists() and process.poll() is None:
             assert time.time() < deadline, "no checkpoint written in time"
-            time.sleep(0.05)
+            time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=60)
     stopped_at = max(int(p.stem.split("=")[1]) for p in (root / "models").glob("checkpoint_epoch=*.pt"))
-    assert stopped_at < 3, "the run finished before it was killed"
+    assert stopped_at < 4, "the run finished before it was killed"
     train(root, name, **small)  # the README's command again
-    a = torch.load(whole / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
-    b = torch.load(root / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
+    a = torch.load(whole / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=True)
+    b = torch.load(root / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=True)
     for key, value in a["network"].items():
         torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6)
