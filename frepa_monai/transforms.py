@@ -359,7 +359,8 @@ class HistogramEqualizedMask(_TorchSeeded):
     partial); ``round(mask_ratio * number of patches)`` of them are chosen uniformly and each is replaced by
     Gaussian noise with that patch's own mean and standard deviation, per channel. The noise is
     standardised per patch, so a masked patch keeps its mean and standard deviation exactly (a constant
-    patch stays constant). All other pixels are left bit-identical.
+    patch stays constant); the channels of an image share one noise draw (a grey image repeated to three
+    channels stays grey). All other pixels are left bit-identical.
 
     Args:
         patch_size: patch side in pixels; ``None`` picks 32 for 2D and 16 for 3D images.
@@ -435,7 +436,9 @@ class HistogramEqualizedMask(_TorchSeeded):
                 ones = ones.expand(batch, -1, *ones.shape[2:]).view(batch, 1, *tiled.shape[2:])
                 valid = ones[index].reshape(batch, n_masked, 1, ps**nd)
             mean, std = _patch_moments(picked, valid)
-            noise = _standard_normal(picked.shape, generator, x.device, x.dtype)
+            # one noise draw per patch, shared by the channels (as in FrequencyDualMask): a grey image repeated to
+            # RGB stays grey; each channel still gets its own mean and standard deviation
+            noise = _standard_normal((batch, n_masked, 1, ps**nd), generator, x.device, x.dtype)
             noise_mean, noise_std = _patch_moments(noise, valid, centred=False)
             scale = std / noise_std.clamp_min(1e-12)
             fill = torch.addcmul(mean - noise_mean * scale, noise, scale)  # exactly the patch's mean and std

@@ -343,3 +343,9 @@ class TestFrepaCorruptd:
         assert d["mask_view2"].device == x.device and d["strategy_view2"].device == x.device
         torch.testing.assert_close(d["image_view1"].mean(dim=(1, 2, 3))[d["strategy_view1"] == FREQUENCY],
                                    x.mean(dim=(1, 2, 3))[d["strategy_view1"] == FREQUENCY], atol=1e-5, rtol=1e-5)
+
+
+def test_histogram_masking_keeps_a_grey_image_grey():
+    grey = torch.rand(1, 96, 96).expand(3, -1, -1).clone()  # grayscale repeated to 3 channels (paper section 4)
+    y, mask = HistogramEqualizedMask().set_random_state(0).call_with_mask(grey)
+    assert mask.any() and torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])
