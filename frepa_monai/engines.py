@@ -8,9 +8,10 @@
   (the same corruption at every validation) and reconstructs it; ``pred`` is the reconstruction, ``label``
   the raw image, so MONAI metric handlers (RMSE, :class:`~frepa_monai.metrics.FrequencyFidelityMetric`)
   apply unchanged.
-- Handlers: :class:`PreviewSaver` (PNG of raw / corrupted / reconstructed), :class:`FrepaCheckpointLoader`
-  (resume from the newest ``CheckpointSaver`` file, if any; clear errors for checkpoints of another network) and :class:`EpochSeeder` (per-epoch seeds, so
-  that a resumed run repeats an uninterrupted one).
+- Handlers: :class:`PreviewSaver` (PNG of raw / corrupted / reconstructed), :class:`AtomicCheckpointSaver`
+  (MONAI's saver, writing atomically), :class:`FrepaCheckpointLoader` (resume from the newest checkpoint, if
+  any; clear errors for checkpoints of another network), :class:`BestModelRecord` (the best score survives a
+  resume) and :class:`EpochSeeder` (per-epoch seeds, so that a resumed run repeats an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import IterationEvents, SupervisedEvaluator, SupervisedTrainer
 from ignite.handlers import DiskSaver
+from monai.engines import IterationEvents, SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable
 from monai.utils import set_determinism
@@ -74,8 +75,9 @@ class PretrainTrainer(SupervisedTrainer):
             ``optimizer``, ``train_handlers``, ``amp`` (CUDA only), ...); ``loss_function`` is the strategy.
 
     The iteration's output holds ``image``, ``corrupted`` and ``pred`` (first view and its reconstruction),
-    ``loss`` and each term as ``loss_<name>`` (see :func:`loss_terms`); MONAI decollates it into a list of per-image dicts, so
-    handlers with the default ``from_engine(["loss"], first=True)`` (``--tracking mlflow``) work unchanged.
+    ``loss`` and each term as ``loss_<name>`` (see :func:`loss_terms`); MONAI decollates it into a list of
+    per-image dicts, so handlers with the default ``from_engine(["loss"], first=True)`` (``--tracking mlflow``)
+    work unchanged.
     """
 
     def __init__(
@@ -257,7 +259,7 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
 
 
 class FrepaCheckpointLoader:
-    """Load a checkpoint when the engine starts, with MONAI's ``CheckpointLoader``, and say clearly when it does not fit.
+    """Load a checkpoint at the engine's start with MONAI's ``CheckpointLoader``; say clearly when it does not fit.
 
     Either ``load_path`` (a file that must exist: evaluation, inference) or ``ckpt_dir``: resume from the newest
     ``checkpoint_epoch=<n>.pt`` there, training from scratch when there is none. :class:`AtomicCheckpointSaver`

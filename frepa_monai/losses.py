@@ -110,7 +110,9 @@ class HierarchicalFrequencyLoss(_ImageLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_pair(input, target, type(self).__name__)
         spatial = tuple(input.shape[2:])
-        highpass = [gaussian_highpass(spatial, c * min(spatial), real=True, device=input.device) for c in self.cutoff_ratios]
+        highpass = [
+            gaussian_highpass(spatial, c * min(spatial), real=True, device=input.device) for c in self.cutoff_ratios
+        ]
         filtered = filter_bank(input - target, highpass)  # (K, B, C, *spatial): the filters are linear
         per_image = filtered.abs().mean(dim=(0, *range(2, filtered.ndim)))
         return self._reduce(per_image.to(input.dtype))

@@ -114,7 +114,9 @@ class FrepaStrategy(PretrainStrategy):
         super().__init__(spatial_dims, use_hessian, sigmas)
         self.loss = loss if loss is not None else FrepaLoss()
         self.views = views
-        self.corrupt = FrepaCorruptd(keys="image", views=views, spatial_dims=spatial_dims, use_hessian=False, **corruption)
+        self.corrupt = FrepaCorruptd(
+            keys="image", views=views, spatial_dims=spatial_dims, use_hessian=False, **corruption
+        )
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)

@@ -585,7 +585,7 @@ class HessianFilter(Transform):
         hessian = {(a, a): _second_difference(smoothed, axes[a]) for a in range(nd)}
         hessian.update({(a, b): _central_difference(first[a], axes[b]) for a in range(nd) for b in range(a + 1, nd)})
         eig = _sorted_eigenvalues(hessian, nd)  # |l1| <= |l2| (<= |l3|)
-        norm2 = sum(l.square() for l in eig)
+        norm2 = sum(value.square() for value in eig)
         c2 = (0.25 * norm2.amax(dim=axes, keepdim=True)).clamp_min(1e-20)  # c = half the largest Hessian norm
         vesselness = 1.0 - torch.exp(-norm2 / (2 * c2))
         tiny = 1e-20
@@ -862,10 +862,14 @@ class ScaleIntensityByModalityd(MapTransform):
         d = dict(data)
         window = str(d.get(self.window_key, "none")).lower()
         if window not in self.windows and window not in ("none", ""):
-            raise ValueError(f"unknown CT window '{window}' under key '{self.window_key}'; known: {sorted(self.windows)}.")
+            raise ValueError(
+                f"unknown CT window '{window}' under key '{self.window_key}'; known: {sorted(self.windows)}."
+            )
         scale = self.windows.get(window, self.percentiles)
         for key in self.key_iterator(d):
             image = convert_to_tensor(d[key], track_meta=False)
-            _check_finite(image if torch.is_floating_point(image) else image.float(), f"key '{key}'", _source_of(d[key]))
+            _check_finite(
+                image if torch.is_floating_point(image) else image.float(), f"key '{key}'", _source_of(d[key])
+            )
             d[key] = scale(d[key])
         return d

@@ -51,8 +51,9 @@ PRETRAIN = {
 def _bundle_dirs() -> list[Path]:
     if not BUNDLES_DIR.is_dir():
         return []
-    return sorted(p for p in BUNDLES_DIR.iterdir()
-                  if p.is_dir() and p.name != "schema" and not p.name.startswith((".", "_")))
+    return sorted(
+        p for p in BUNDLES_DIR.iterdir() if p.is_dir() and p.name != "schema" and not p.name.startswith((".", "_"))
+    )
 
 
 BUNDLES = _bundle_dirs()
@@ -170,8 +171,12 @@ def test_stored_schema_rejects_bad_metadata(no_network, tmp_path):
     bad = tmp_path / "metadata.json"
     bad.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="network_data_format"):
-        verify_metadata(meta_file=str(bad), filepath=str(_schema_file(meta)),
-                        hash_val=KNOWN_SCHEMAS.get(_schema_file(meta).name), hash_type="sha256")
+        verify_metadata(
+            meta_file=str(bad),
+            filepath=str(_schema_file(meta)),
+            hash_val=KNOWN_SCHEMAS.get(_schema_file(meta).name),
+            hash_type="sha256",
+        )
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
@@ -187,7 +192,8 @@ def test_versions(bundle):
         assert re.fullmatch(r"\d+\.\d+(\.\d+)?", meta[key]), f"{bundle.name}: {key}={meta[key]!r} (no local suffix)"
     packages = meta["required_packages_version"]
     assert packages.get("frepa-monai") == frepa_monai.__version__, (
-        f"{bundle.name}: required_packages_version must name frepa-monai=={frepa_monai.__version__}")
+        f"{bundle.name}: required_packages_version must name frepa-monai=={frepa_monai.__version__}"
+    )
     for name, version in packages.items():
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) and isinstance(version, str) and version
     assert isinstance(meta.get("supported_apps", {}), dict)
@@ -196,14 +202,23 @@ def test_versions(bundle):
 
 
 def _check_tensor(where: str, fmt: dict, dims: int) -> None:
-    for key in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data",
-                "channel_def"):
+    for key in (
+        "type",
+        "format",
+        "num_channels",
+        "spatial_shape",
+        "dtype",
+        "value_range",
+        "is_patch_data",
+        "channel_def",
+    ):
         assert key in fmt, f"{where}: no {key}"
     assert len(fmt["spatial_shape"]) == dims, f"{where}: spatial_shape {fmt['spatial_shape']} is not {dims}D"
     assert fmt["dtype"] == "float32"
     assert fmt["value_range"] == [0, 1]
     assert sorted(fmt["channel_def"], key=int) == [str(i) for i in range(fmt["num_channels"])], (
-        f"{where}: channel_def {fmt['channel_def']} does not match num_channels {fmt['num_channels']}")
+        f"{where}: channel_def {fmt['channel_def']} does not match num_channels {fmt['num_channels']}"
+    )
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)

@@ -89,8 +89,11 @@ def test_chase_files_match_their_own_checksums():
 
 def test_every_source_has_a_licence():
     idx = fd.load_index()
-    sources = {it["source"] for key in ("volumes_3d", "slices_2d", "axial_2d", "crops_3d", "images_2d", "chase")
-               for it in idx[key]}
+    sources = {
+        it["source"]
+        for key in ("volumes_3d", "slices_2d", "axial_2d", "crops_3d", "images_2d", "chase")
+        for it in idx[key]
+    }
     assert sources == set(fd.SOURCE_LICENSES)
     readme = (Path(fd.__file__).parent / "README.md").read_text()
     for source, files in fd.SOURCE_LICENSES.items():
@@ -155,8 +158,12 @@ def test_label_classes(name, dl, dims):
 
 def test_ct_is_in_hounsfield_units():
     idx = fd.load_index()
-    ct = [it for key in ("volumes_3d", "slices_2d", "axial_2d", "crops_3d", "images_2d") for it in idx[key]
-          if it["modality"] == "CT"]
+    ct = [
+        it
+        for key in ("volumes_3d", "slices_2d", "axial_2d", "crops_3d", "images_2d")
+        for it in idx[key]
+        if it["modality"] == "CT"
+    ]
     assert len(ct) > 50
     for it in ct:
         arr = _load(str(fd.SAMPLE_DIR / it["image"]))[0]
@@ -262,7 +269,8 @@ def test_chase_children_keep_both_eyes_together():
 @pytest.mark.parametrize("name", IDS)
 def test_splits_are_seeded(name):
     fn = {
-        "pretrain_2d": fd.pretrain_2d_datalist, "pretrain_3d": fd.pretrain_3d_datalist,
+        "pretrain_2d": fd.pretrain_2d_datalist,
+        "pretrain_3d": fd.pretrain_3d_datalist,
         "vessel": fd.vessel_segmentation_datalist,
         "lung_det_2d": lambda seed: fd.lung_tumour_detection_datalist(2, seed=seed),
         "lung_det_3d": lambda seed: fd.lung_tumour_detection_datalist(3, seed=seed),
@@ -297,8 +305,19 @@ def test_kfold_detection_needs_as_many_subjects_as_folds():
         fd.lung_tumour_detection_datalist(2, fold=0, num_folds=5)
 
 
-@pytest.mark.parametrize("n,expected", [(1, [1, 0, 0]), (2, [1, 0, 1]), (3, [1, 1, 1]), (5, [3, 1, 1]),
-                                        (7, [5, 1, 1]), (10, [7, 1, 2]), (14, [10, 1, 3]), (29, [20, 3, 6])])
+@pytest.mark.parametrize(
+    "n,expected",
+    [
+        (1, [1, 0, 0]),
+        (2, [1, 0, 1]),
+        (3, [1, 1, 1]),
+        (5, [3, 1, 1]),
+        (7, [5, 1, 1]),
+        (10, [7, 1, 2]),
+        (14, [10, 1, 3]),
+        (29, [20, 3, 6]),
+    ],
+)
 def test_split_by_subject_counts(n, expected):
     items = [{"subject": f"s{i:02d}", "k": j} for i in range(n) for j in range(2)]
     out = fd.split_by_subject(items, seed=1)

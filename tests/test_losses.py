@@ -130,7 +130,9 @@ class TestFrepaLoss:
         expected = out["rmse"] + out["grad"] + out["hfl"] + 0.5 * out["con"]
         torch.testing.assert_close(out["loss"], expected)
         assert all(out[k] > 0 for k in ("rmse", "grad", "hfl", "con"))
-        rmse = (MaskedRMSELoss()(self.recons[0], self.target, self.masks[0]) + MaskedRMSELoss()(self.recons[1], self.target)) / 2
+        rmse = (
+            MaskedRMSELoss()(self.recons[0], self.target, self.masks[0]) + MaskedRMSELoss()(self.recons[1], self.target)
+        ) / 2
         torch.testing.assert_close(out["rmse"], rmse)
 
     def test_consistency_is_off_for_the_first_five_epochs(self):

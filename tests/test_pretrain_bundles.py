@@ -9,8 +9,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,7 +83,10 @@ def train(root: Path, name: str, **override) -> ConfigWorkflow:
 def test_train_evaluate_inference(tmp_path, name):
     root = bundle_copy(tmp_path, name)
     wf = train(root, name, mlflow=name.endswith("3d"))
-    trainer, evaluator = wf.parser.get_parsed_content("train#trainer"), wf.parser.get_parsed_content("validate#evaluator")
+    trainer, evaluator = (
+        wf.parser.get_parsed_content("train#trainer"),
+        wf.parser.get_parsed_content("validate#evaluator"),
+    )
     assert trainer.state.epoch == 2
     terms = trainer.state.output[0]
     assert {"loss", "loss_rmse", "loss_grad", "loss_hfl", "loss_con"} <= set(terms)
@@ -131,7 +134,9 @@ def test_train_evaluate_inference(tmp_path, name):
         embedding = nib.load(next((out / "inference").glob("*_embedding.nii.gz")))
         assert np.allclose(embedding.shape[:3], np.array(source.shape) / 8, atol=1) and embedding.shape[3] == 96
         np.testing.assert_allclose(embedding.header.get_zooms()[:3], 8 * np.array(source.header.get_zooms()[:3]))
-        np.testing.assert_allclose(embedding.affine[:3, 3], source.affine[:3, :3] @ np.full(3, 3.5) + source.affine[:3, 3])
+        np.testing.assert_allclose(
+            embedding.affine[:3, 3], source.affine[:3, :3] @ np.full(3, 3.5) + source.affine[:3, 3]
+        )
 
 
 def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
@@ -200,9 +205,24 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     name = "frepa_pretrain_3d"
     root = bundle_copy(tmp_path, name)
     configs = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
-    overrides = [arg for k, v in SMALL[name].items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-           "run", "--config_file", configs, "--bundle_root", str(root), *overrides]
+    overrides = [
+        arg for k, v in SMALL[name].items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(root),
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -221,8 +241,17 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
 
     root = bundle_copy(tmp_path / "killed", name)
     overrides = [arg for k, v in small.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json"),
-           "--bundle_root", str(root), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(root / "configs" / "train.json"),
+        "--bundle_root",
+        str(root),
+        *overrides,
+    ]
     process = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240

@@ -162,7 +162,9 @@ class TestHistogramEqualizedMask:
         y, mask = t.call_with_mask(image)
         assert mask.shape == (1, *image.shape[1:]) and mask.dtype == torch.bool
         grid = [math.ceil(s / 32) for s in image.shape[1:]]
-        padded = torch.nn.functional.pad(mask.float(), (0, grid[1] * 32 - image.shape[2], 0, grid[0] * 32 - image.shape[1]))
+        padded = torch.nn.functional.pad(
+            mask.float(), (0, grid[1] * 32 - image.shape[2], 0, grid[0] * 32 - image.shape[1])
+        )
         per_patch = padded.view(grid[0], 32, grid[1], 32).amax(dim=(1, 3))
         assert int(per_patch.sum()) == round(0.7 * grid[0] * grid[1])
         assert torch.equal(y[:, ~mask[0]], image[:, ~mask[0]])  # bit-identical outside the mask
@@ -341,8 +343,12 @@ class TestFrepaCorruptd:
         d = FrepaCorruptd(spatial_dims=2).set_random_state(0)({"image": x})
         assert d["image_view1"].device == x.device and d["hessian"].shape == (4, 1, 64, 64)
         assert d["mask_view2"].device == x.device and d["strategy_view2"].device == x.device
-        torch.testing.assert_close(d["image_view1"].mean(dim=(1, 2, 3))[d["strategy_view1"] == FREQUENCY],
-                                   x.mean(dim=(1, 2, 3))[d["strategy_view1"] == FREQUENCY], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            d["image_view1"].mean(dim=(1, 2, 3))[d["strategy_view1"] == FREQUENCY],
+            x.mean(dim=(1, 2, 3))[d["strategy_view1"] == FREQUENCY],
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_histogram_masking_keeps_a_grey_image_grey():

@@ -110,10 +110,14 @@ def main() -> None:
     dropout.set_random_state(args.seed)
     single_hem = HistogramEqualizedMask().set_random_state(args.seed)
     t_hem, t_rcd = paired_times(lambda: single_hem(x[0]), lambda: dropout(x[0].clone()), r)
-    rows.append(("HistogramEqualizedMask (3, 512, 512)", t_hem, f"RandCoarseDropout ({n_holes} holes)", t_rcd, "<= 1.0"))
+    rows.append(
+        ("HistogramEqualizedMask (3, 512, 512)", t_hem, f"RandCoarseDropout ({n_holes} holes)", t_rcd, "<= 1.0")
+    )
     batch_hem = HistogramEqualizedMask(spatial_dims=2).set_random_state(args.seed)
     t_hem, t_rcd = paired_times(lambda: batch_hem(x), lambda: [dropout(img.clone()) for img in x], r)
-    rows.append((f"HistogramEqualizedMask {tuple(x.shape)}", t_hem / 8, "RandCoarseDropout, image by image", t_rcd / 8, "-"))
+    rows.append(
+        (f"HistogramEqualizedMask {tuple(x.shape)}", t_hem / 8, "RandCoarseDropout, image by image", t_rcd / 8, "-")
+    )
 
     # torch transforms vs the numpy per-patch loops, one 3x512x512 image
     img = x[0].numpy()

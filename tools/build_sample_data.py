@@ -119,13 +119,39 @@ DICOM_FILES = {
 
 # Grouping of the 116 AAL labels into 5 classes, by AAL label name (aal.nii.txt of mricron-data).
 AAL_GROUPS = {
-    1: ("frontal", ("Precentral", "Frontal_", "Rolandic_Oper", "Supp_Motor_Area", "Olfactory", "Rectus",
-                    "Paracentral_Lobule")),
-    2: ("parietal_occipital", ("Postcentral", "Parietal_", "SupraMarginal", "Angular", "Precuneus", "Calcarine",
-                               "Cuneus", "Lingual", "Occipital_")),
+    1: (
+        "frontal",
+        ("Precentral", "Frontal_", "Rolandic_Oper", "Supp_Motor_Area", "Olfactory", "Rectus", "Paracentral_Lobule"),
+    ),
+    2: (
+        "parietal_occipital",
+        (
+            "Postcentral",
+            "Parietal_",
+            "SupraMarginal",
+            "Angular",
+            "Precuneus",
+            "Calcarine",
+            "Cuneus",
+            "Lingual",
+            "Occipital_",
+        ),
+    ),
     3: ("temporal", ("Temporal_", "Heschl", "Fusiform")),
-    4: ("deep_grey_limbic", ("Insula", "Cingulum_", "Hippocampus", "ParaHippocampal", "Amygdala", "Caudate",
-                             "Putamen", "Pallidum", "Thalamus")),
+    4: (
+        "deep_grey_limbic",
+        (
+            "Insula",
+            "Cingulum_",
+            "Hippocampus",
+            "ParaHippocampal",
+            "Amygdala",
+            "Caudate",
+            "Putamen",
+            "Pallidum",
+            "Thalamus",
+        ),
+    ),
     5: ("cerebellum", ("Cerebelum_", "Vermis_")),
 }
 
@@ -232,8 +258,9 @@ def lung_mask(arr: np.ndarray) -> np.ndarray:
 
 def bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     idx = np.nonzero(mask)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, s))
-                 for i, s in zip(idx, mask.shape))
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, s)) for i, s in zip(idx, mask.shape)
+    )
 
 
 def union_slices(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
@@ -298,8 +325,22 @@ def package_dir(name: str) -> Path | None:
 def fetch_sources(src: Path) -> None:
     src.mkdir(parents=True, exist_ok=True)
     if not (src / "pyradiomics-3.0.1" / "data").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        "--no-build-isolation", "pyradiomics==3.0.1", "-d", str(src)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--no-build-isolation",
+                "pyradiomics==3.0.1",
+                "-d",
+                str(src),
+            ],
+            check=True,
+        )
         subprocess.run(["tar", "-xzf", str(src / "pyradiomics-3.0.1.tar.gz"), "-C", str(src)], check=True)
     if not (src / "mricron" / "usr" / "share" / "mricron" / "templates").is_dir():
         subprocess.run(["apt-get", "download", "mricron-data"], cwd=src, check=True)
@@ -322,8 +363,11 @@ def resolve_sources(args) -> dict[str, Path]:
     cands.append(Path("/usr/share/mricron/templates"))
     found["mricron"] = next((c for c in cands if (c / "ch2.nii.gz").is_file()), None)
     # nilearn
-    nl = (Path(args.nilearn_data) if args.nilearn_data
-          else (package_dir("nilearn") or Path("/nonexistent")) / "datasets" / "data")
+    nl = (
+        Path(args.nilearn_data)
+        if args.nilearn_data
+        else (package_dir("nilearn") or Path("/nonexistent")) / "datasets" / "data"
+    )
     found["nilearn"] = nl if (nl / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").is_file() else None
     # scikit-image
     sk = Path(args.skimage_data) if args.skimage_data else (package_dir("skimage") or Path("/nonexistent")) / "data"
@@ -333,8 +377,10 @@ def resolve_sources(args) -> dict[str, Path]:
     found["chase"] = ch if (ch / "SHA256SUMS").is_file() else None
     missing = [k for k, v in found.items() if v is None]
     if missing:
-        raise SystemExit(f"sources not found: {missing}; see `--help` for how to obtain them "
-                         "(or pass --fetch --sources-dir DIR for pyradiomics and mricron-data)")
+        raise SystemExit(
+            f"sources not found: {missing}; see `--help` for how to obtain them "
+            "(or pass --fetch --sources-dir DIR for pyradiomics and mricron-data)"
+        )
     return found
 
 
@@ -388,8 +434,13 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
         save_nifti(iso, aff, vol_img, np.int16)
         save_nifti(iso_lab, aff, vol_lab, np.uint8)
         boxes = boxes_from_mask(iso_lab)
-        vitem = {"image": rel(vol_img, out), "label": rel(vol_lab, out), **meta,
-                 "box": boxes, "box_label": [0] * len(boxes)}
+        vitem = {
+            "image": rel(vol_img, out),
+            "label": rel(vol_lab, out),
+            **meta,
+            "box": boxes,
+            "box_label": [0] * len(boxes),
+        }
         index["volumes_3d"].append(vitem)
         index["slices_2d"] += pretrain_slices(name, iso, aff, out, meta)
 
@@ -409,7 +460,7 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
             tries += 1
             c = body_pts[rng.integers(len(body_pts))]
             lo = c - half
-            sl = tuple(slice(max(int(l), 0), min(int(l) + CROP_SIZE, n)) for l, n in zip(lo, iso.shape))
+            sl = tuple(slice(max(int(start), 0), min(int(start) + CROP_SIZE, n)) for start, n in zip(lo, iso.shape))
             # at least half of the crop inside the volume along each axis, and no tumour voxel
             if any(s.stop - s.start < half for s in sl) or iso_lab[sl].any():
                 continue
@@ -449,8 +500,9 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
         pos = [int(k) for k in np.nonzero(native_lab.any(axis=(0, 1)))[0]]
         area = nbody.sum(axis=(0, 1))
         min_gap = 3 if modality == "CT" else 2
-        neg_cands = [k for k in range(native.shape[2])
-                     if min(abs(k - p) for p in pos) >= min_gap and area[k] >= 0.3 * area.max()]
+        neg_cands = [
+            k for k in range(native.shape[2]) if min(abs(k - p) for p in pos) >= min_gap and area[k] >= 0.3 * area.max()
+        ]
         if modality == "CT":  # negatives must show lung: enough voxels in [-950, -500] HU in the body
             lung_px = lung_mask(native.astype(np.float32)).sum(axis=(0, 1))
             neg_cands = [k for k in neg_cands if lung_px[k] >= 0.05 * area[k]]
@@ -468,9 +520,17 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
             save_nifti(sl_img, saff, p_img, np.int16)
             save_nifti(sl_lab, saff, p_lab, np.uint8)
             boxes = boxes_from_mask(sl_lab)
-            index["axial_2d"].append({"image": rel(p_img, out), "label": rel(p_lab, out), **meta,
-                                      "slice_index": k, "tumour": int(sl_lab.any()),
-                                      "box": boxes, "box_label": [0] * len(boxes)})
+            index["axial_2d"].append(
+                {
+                    "image": rel(p_img, out),
+                    "label": rel(p_lab, out),
+                    **meta,
+                    "slice_index": k,
+                    "tumour": int(sl_lab.any()),
+                    "box": boxes,
+                    "box_label": [0] * len(boxes),
+                }
+            )
 
 
 def aal_group_lut(names: dict[int, str]) -> np.ndarray:
@@ -531,8 +591,9 @@ def build_brain(mricron: Path, nilearn: Path, out: Path, index: dict) -> None:
     maff = crop_affine(maff, [s.start for s in region])
     # AAL transferred to the MNI152 grid through the shared MNI coordinates (nearest neighbour),
     # kept only on MNI152 grey matter (tissue == 1): AAL labels grey matter only.
-    aal_mni = processing.resample_from_to(nib.Nifti1Image(aal_iso.astype(np.int16), aff), (mt1.shape, maff), order=0,
-                                          mode="constant", cval=0)
+    aal_mni = processing.resample_from_to(
+        nib.Nifti1Image(aal_iso.astype(np.int16), aff), (mt1.shape, maff), order=0, mode="constant", cval=0
+    )
     aal_mni = np.asanyarray(aal_mni.dataobj).astype(np.uint8)
     grouped_mni = np.where(tissue == 1, lut[aal_mni], 0).astype(np.uint8)
     p_t1 = out / "volumes" / "mni152_2009a_t1.nii.gz"
@@ -581,9 +642,14 @@ def build_dicom(out: Path, index: dict) -> None:
         dtype = np.uint8 if modality == "US" else np.int16
         path = out / "images2d" / f"{name}.nii.gz"
         save_nifti(a, affine, path, dtype)
-        item = {"image": rel(path, out), "subject": name, "modality": modality,
-                "source": "pydicom-data" if "UNCR" in fname else "pydicom", "description": desc,
-                "pixel_spacing_mm": [sp[0] * f, sp[1] * f] if spacing and all(float(s) > 0 for s in spacing) else None}
+        item = {
+            "image": rel(path, out),
+            "subject": name,
+            "modality": modality,
+            "source": "pydicom-data" if "UNCR" in fname else "pydicom",
+            "description": desc,
+            "pixel_spacing_mm": [sp[0] * f, sp[1] * f] if spacing and all(float(s) > 0 for s in spacing) else None,
+        }
         if window:
             item["window"] = window
         index["images_2d"].append(item)
@@ -599,8 +665,15 @@ def build_skimage(skdata: Path, out: Path, index: dict) -> None:
     path = out / "images2d" / "skimage_retina.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, format="PNG", optimize=True)
-    index["images_2d"].append({"image": rel(path, out), "subject": "skimage_retina", "modality": "fundus",
-                               "source": "scikit-image", "description": "colour fundus photograph, normal left eye"})
+    index["images_2d"].append(
+        {
+            "image": rel(path, out),
+            "subject": "skimage_retina",
+            "modality": "fundus",
+            "source": "scikit-image",
+            "description": "colour fundus photograph, normal left eye",
+        }
+    )
 
 
 def build_chase(chase: Path, out: Path, index: dict) -> None:
@@ -622,10 +695,16 @@ def build_chase(chase: Path, out: Path, index: dict) -> None:
     for img in sorted((dst / "images").glob("Image_*.jpg")):
         stem = img.stem  # Image_01L
         child, eye = stem[6:8], stem[8]
-        item = {"image": rel(img, out), "label": rel(dst / "masks" / f"{stem}_1stHO.png", out),
-                "label_2nd_observer": rel(dst / "masks_2ndHO" / f"{stem}_2ndHO.png", out),
-                "mask": rel(dst / "fov_masks" / f"{stem}_mask.png", out),
-                "subject": f"chase_{child}", "eye": eye, "modality": "fundus", "source": "CHASE_DB1"}
+        item = {
+            "image": rel(img, out),
+            "label": rel(dst / "masks" / f"{stem}_1stHO.png", out),
+            "label_2nd_observer": rel(dst / "masks_2ndHO" / f"{stem}_2ndHO.png", out),
+            "mask": rel(dst / "fov_masks" / f"{stem}_mask.png", out),
+            "subject": f"chase_{child}",
+            "eye": eye,
+            "modality": "fundus",
+            "source": "CHASE_DB1",
+        }
         for k in ("label", "label_2nd_observer", "mask"):
             assert (out / item[k]).is_file(), item[k]
         index["chase"].append(item)
@@ -640,15 +719,21 @@ def write_sums(out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
-    p.add_argument("--sources-dir", default=None,
-                   help="folder holding pyradiomics-3.0.1/ and mricron/ (as made by --fetch)")
-    p.add_argument("--fetch", action="store_true",
-                   help="download pyradiomics 3.0.1 (pip download) and mricron-data (apt-get download) "
-                        "into --sources-dir first")
+    p.add_argument(
+        "--sources-dir", default=None, help="folder holding pyradiomics-3.0.1/ and mricron/ (as made by --fetch)"
+    )
+    p.add_argument(
+        "--fetch",
+        action="store_true",
+        help="download pyradiomics 3.0.1 (pip download) and mricron-data (apt-get download) into --sources-dir first",
+    )
     p.add_argument("--pyradiomics-data", default=None, help="pyradiomics-3.0.1/data folder")
-    p.add_argument("--mricron-templates", default=None,
-                   help="mricron templates folder (default: SOURCES/mricron/usr/share/mricron/templates "
-                        "or /usr/share/mricron/templates)")
+    p.add_argument(
+        "--mricron-templates",
+        default=None,
+        help="mricron templates folder (default: SOURCES/mricron/usr/share/mricron/templates "
+        "or /usr/share/mricron/templates)",
+    )
     p.add_argument("--nilearn-data", default=None, help="nilearn/datasets/data (default: from the installed nilearn)")
     p.add_argument("--skimage-data", default=None, help="skimage/data (default: from the installed scikit-image)")
     p.add_argument("--chase-dir", default=str(DEFAULT_CHASE), help="CHASE_DB1 folder (default: %(default)s)")
@@ -667,11 +752,20 @@ def main(argv=None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    index: dict = {"format": 1, "spacing_3d_mm": SPACING, "crop_size_3d": CROP_SIZE,
-                   "box_convention": "array index order of the stored file as loaded by nibabel / MONAI "
-                                     "NibabelReader; 2D [i1, j1, i2, j2], 3D [i1, j1, k1, i2, j2, k2]; "
-                                     "min inclusive, max exclusive; one box per connected component",
-                   "volumes_3d": [], "slices_2d": [], "axial_2d": [], "crops_3d": [], "images_2d": [], "chase": []}
+    index: dict = {
+        "format": 1,
+        "spacing_3d_mm": SPACING,
+        "crop_size_3d": CROP_SIZE,
+        "box_convention": "array index order of the stored file as loaded by nibabel / MONAI "
+        "NibabelReader; 2D [i1, j1, i2, j2], 3D [i1, j1, k1, i2, j2, k2]; "
+        "min inclusive, max exclusive; one box per connected component",
+        "volumes_3d": [],
+        "slices_2d": [],
+        "axial_2d": [],
+        "crops_3d": [],
+        "images_2d": [],
+        "chase": [],
+    }
     build_pyradiomics(src["pyradiomics"], out, index)
     build_brain(src["mricron"], src["nilearn"], out, index)
     build_dicom(out, index)

@@ -64,8 +64,14 @@ SPLITS = ("training", "validation", "test")
 # keys whose string values are paths relative to SAMPLE_DIR
 _PATH_KEYS = ("image", "label", "seg", "mask", "label_2nd_observer")
 _META_KEYS = ("subject", "modality", "window", "source")
-AAL_GROUP_NAMES = {0: "background", 1: "frontal", 2: "parietal_occipital", 3: "temporal", 4: "deep_grey_limbic",
-                   5: "cerebellum"}
+AAL_GROUP_NAMES = {
+    0: "background",
+    1: "frontal",
+    2: "parietal_occipital",
+    3: "temporal",
+    4: "deep_grey_limbic",
+    5: "cerebellum",
+}
 TISSUE_NAMES = {0: "background_csf", 1: "grey_matter", 2: "white_matter"}
 # licence / notice files (in LICENSES/ beside this file) of every value of an item's "source"
 LICENSES_DIR = Path(__file__).parent / "LICENSES"
@@ -144,8 +150,10 @@ def _assign(subjects: list[str], ratios, seed: int, fold: int | None, num_folds:
         raise ValueError(f"fold={fold} must be in [0, {num_folds})")
     fold_of = {s: i % num_folds for i, s in enumerate(ordered)}
     # the remaining subjects, starting with the next fold's, are split training:validation
-    rest = sorted((s for s in ordered if fold_of[s] != fold),
-                  key=lambda s: ((fold_of[s] - fold - 1) % num_folds, ordered.index(s)))
+    rest = sorted(
+        (s for s in ordered if fold_of[s] != fold),
+        key=lambda s: ((fold_of[s] - fold - 1) % num_folds, ordered.index(s)),
+    )
     n_train, n_val = _split_counts(len(rest), ratios[:2])
     out = {s: "test" for s in ordered if fold_of[s] == fold}
     out.update({s: "validation" for s in rest[:n_val]})
@@ -212,9 +220,11 @@ def pretrain_2d_datalist(seed: int = 0) -> dict[str, list[dict]]:
     """
     idx = load_index()
     keys = ("image",) + _META_KEYS
-    items = ([dict(_item(r, keys), _group="slices") for r in idx["slices_2d"]]
-             + [dict(_item(r, keys), _group="images_2d") for r in idx["images_2d"]]
-             + [dict(_item(r, keys), _group="chase") for r in idx["chase"]])
+    items = (
+        [dict(_item(r, keys), _group="slices") for r in idx["slices_2d"]]
+        + [dict(_item(r, keys), _group="images_2d") for r in idx["images_2d"]]
+        + [dict(_item(r, keys), _group="chase") for r in idx["chase"]]
+    )
     return _strip(split_by_subject(items, seed=seed, group_key="_group"), ["_group"])
 
 
@@ -236,8 +246,9 @@ def vessel_segmentation_datalist(seed: int = 0) -> dict[str, list[dict]]:
     return split_by_subject([_item(r, keys) for r in idx["chase"]], seed=seed)
 
 
-def lung_tumour_detection_datalist(spatial_dims: int = 2, seed: int = 0, fold: int | None = None,
-                                   num_folds: int = 5) -> dict[str, list[dict]]:
+def lung_tumour_detection_datalist(
+    spatial_dims: int = 2, seed: int = 0, fold: int | None = None, num_folds: int = 5
+) -> dict[str, list[dict]]:
     """Lung tumour detection on the two pyradiomics chest CTs (HU, window "lung").
 
     ``spatial_dims=2``: native axial slices (0.57 / 0.63 mm in-plane, cropped to the lungs), all
@@ -259,8 +270,9 @@ def lung_tumour_detection_datalist(spatial_dims: int = 2, seed: int = 0, fold: i
     return split_by_subject([_item(r, keys) for r in raw], seed=seed, fold=fold, num_folds=num_folds)
 
 
-def tumour_classification_datalist(spatial_dims: int = 2, seed: int = 0, fold: int | None = None,
-                                   num_folds: int = 5) -> dict[str, list[dict]]:
+def tumour_classification_datalist(
+    spatial_dims: int = 2, seed: int = 0, fold: int | None = None, num_folds: int = 5
+) -> dict[str, list[dict]]:
     """Tumour-present classification (``label`` 1 if the tumour mask touches the image, else 0) on
     the 5 pyradiomics cases (lung1, lung2 CT; brain1, brain2, breast1 MR).
 
