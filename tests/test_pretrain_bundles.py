@@ -22,7 +22,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from frepa_monai.data import pretrain_3d_datalist
+from frepa_monai.data import pretrain_2d_datalist, pretrain_3d_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {  # MLflow off except where a test checks it: creating its SQLite store takes seconds
@@ -160,6 +160,27 @@ def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
     best_b = torch.load(parts / "models" / "model.pt", map_location="cpu", weights_only=True)
     for key, value in best_a.items():
         torch.testing.assert_close(best_b[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_training_on_a_folder_of_the_users_images(tmp_path):
+    """``--data_dir <folder>`` trains on every image file found there, split 7:1:2 by file."""
+    name = "frepa_pretrain_2d"
+    root = bundle_copy(tmp_path, name)
+    folder = tmp_path / "my_images" / "nested"
+    folder.mkdir(parents=True)
+    for item in pretrain_2d_datalist()["training"][:10]:
+        shutil.copy(item["image"], folder / Path(item["image"]).name)
+    (folder / "notes.txt").write_text("not an image")
+    small = {k: v for k, v in SMALL[name].items() if not k.endswith("_datalist")}
+    wf = train(root, name, data_dir=str(tmp_path / "my_images"), **small)
+    datalist = wf.parser.get_parsed_content("datalist")
+    assert [len(datalist[s]) for s in ("training", "validation", "test")] == [7, 1, 2]
+    assert all(item["image"].startswith(str(folder)) for s in datalist.values() for item in s)
+    assert wf.parser.get_parsed_content("train#trainer").state.epoch == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception) as info:
+        train(root, name, data_dir=str(tmp_path / "empty"), **small)
+    assert "no image files" in _messages(info.value) and "empty" in _messages(info.value)
 
 
 def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):

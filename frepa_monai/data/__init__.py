@@ -53,6 +53,7 @@ __all__ = [
     "tumour_classification_datalist",
     "brain_region_segmentation_datalist",
     "datalist_to_json",
+    "folder_datalist",
     "AAL_GROUP_NAMES",
     "TISSUE_NAMES",
     "LICENSES_DIR",
@@ -315,3 +316,28 @@ def datalist_to_json(datalist: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(datalist, indent=1) + "\n")
     return path
+
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+"""File endings :func:`folder_datalist` takes as images (what MONAI's ``LoadImage`` reads)."""
+
+
+def folder_datalist(
+    folder: str | Path, window: str = "none", seed: int = 0, ratios: Sequence[float] = (0.7, 0.1, 0.2)
+) -> dict[str, list[dict]]:
+    """A pretraining datalist of every image file under ``folder`` (recursively), split 7:1:2 by file.
+
+    Each file is one subject. Items are ``{"image": path, "subject": relative path, "window": window}``: pass
+    ``window="lung"`` (or another CT window) for CT in Hounsfield units, ``"none"`` for percentile normalisation.
+    Files ending in :data:`IMAGE_SUFFIXES` count as images; a folder without any raises ``ValueError``. Every
+    DICOM file is an item of its own (2D images); for DICOM series of 3D volumes write a datalist whose
+    ``image`` is each series folder instead.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"data folder {root} does not exist or is not a folder.")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}.")
+    items = [{"image": str(p.resolve()), "subject": str(p.relative_to(root)), "window": window} for p in files]
+    return split_by_subject(items, ratios, seed)
