@@ -47,6 +47,7 @@ __all__ = [
     "first_sample",
     "announce_preset",
     "find_bundle_root",
+    "switch",
     "to_feature_grid",
 ]
 
@@ -325,7 +326,8 @@ class _AtomicDiskSaver(DiskSaver):
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` whose files are written atomically, so a crash or kill never leaves a truncated
-    checkpoint (MONAI's own saver writes in place: a kill during a save corrupts the newest file).
+    checkpoint (MONAI's own saver writes in place: a kill during a save corrupts the newest file). As ignite's
+    ``DiskSaver``, it writes on rank 0 only in distributed runs.
 
     Takes the arguments of ``monai.handlers.CheckpointSaver``.
     """
@@ -418,3 +420,22 @@ def to_feature_grid(image: torch.Tensor, stride) -> torch.Tensor:
     zoom[:nd, -1] = (s.double() - 1) / 2
     image.affine = affine.double() @ zoom
     return image
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def switch(value) -> bool:
+    """A config switch as a bool: ``True``/``False``, ``1``/``0`` or, as the command line gives them, the strings
+    ``"true"``/``"false"`` (also yes/no, on/off, any case); anything else raises a ``ValueError``.
+
+    ``python -m monai.bundle run ... --hfl false`` passes the *string* ``"false"``, which Python finds true; the
+    bundles read every switch through this function.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected a switch (true / false), got {value!r}.")

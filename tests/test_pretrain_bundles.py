@@ -289,3 +289,20 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     b = torch.load(root / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=True)
     for key, value in a["network"].items():
         torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_switches_given_as_command_line_strings():
+    """``--hfl false`` reaches the config as the string "false": the bundles read switches with ``switch``."""
+    from frepa_monai.engines import switch
+
+    assert [switch(v) for v in (True, "true", "Yes", "1", 1, False, "false", "OFF", "0", 0)] == [True] * 5 + [False] * 5
+    with pytest.raises(ValueError, match="expected a switch"):
+        switch("maybe")
+    root = REPO / "bundles" / "frepa_pretrain_3d"
+    wf = ConfigWorkflow(
+        config_file=str(root / "configs" / "train.json"), logging_file=False, hfl="false", fm="False", mlflow="no"
+    )
+    loss = wf.parser.get_parsed_content("loss")
+    strategy = wf.parser.get_parsed_content("strategy")
+    assert loss.use_hfl is False and loss.use_grad is True and strategy.corrupt.prob_frequency == 0.0
+    assert wf.parser.get_parsed_content("switches#mlflow") is False
