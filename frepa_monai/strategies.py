@@ -67,7 +67,7 @@ class PretrainStrategy(Randomizable):
         """The Hessian channel ``(B, 1, *spatial)`` of the raw images, or ``None`` without the Hessian channel."""
         if not self.use_hessian:
             return None
-        return hessian if hessian is not None else self.hessian_filter.ridges(images.float().mean(1, keepdim=True))
+        return hessian if hessian is not None else self.hessian_filter(images)
 
     def randomize(self, data=None) -> None:  # draws happen inside __call__, see draw_generator
         pass

@@ -795,10 +795,7 @@ class FrepaCorruptd(_TorchSeeded, MapTransform):
         key = self.keys[0]
         img = d[key]
         self.randomize()
-        try:
-            x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
-        except ValueError as e:
-            raise ValueError(f"key '{key}': {e}") from e
+        x, batched = _named(key, _as_batch, img, self.spatial_dims, type(self).__name__)
         gen = seeded_generator(self._seed, x.device)
         for view in range(1, self.views + 1):
             use_freq = torch.rand(x.shape[0], generator=gen, device=x.device) < self.prob_frequency
