@@ -312,6 +312,20 @@ def rel(path: Path, out: Path) -> str:
     return path.relative_to(out).as_posix()
 
 
+def save_image_and_mask(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, folder: Path, stem: str):
+    """Write ``<stem>_image.nii.gz`` (int16) and ``<stem>_label.nii.gz`` (uint8) in ``folder``; return both paths."""
+    p_img, p_lab = folder / f"{stem}_image.nii.gz", folder / f"{stem}_label.nii.gz"
+    save_nifti(image, affine, p_img, np.int16)
+    save_nifti(mask, affine, p_lab, np.uint8)
+    return p_img, p_lab
+
+
+def box_fields(mask: np.ndarray) -> dict:
+    """The detection fields of an index item: one box per tumour component, all of class 0."""
+    boxes = boxes_from_mask(mask)
+    return {"box": boxes, "box_label": [0] * len(boxes)}
+
+
 # ----------------------------------------------------------------------------------------------
 # source discovery and fetching
 # ----------------------------------------------------------------------------------------------
@@ -429,18 +443,8 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
         aff = crop_affine(aff, [s.start for s in region])
         if modality == "CT":
             iso = np.clip(iso, -1024, None)
-        vol_img = out / "volumes" / f"{name}_image.nii.gz"
-        vol_lab = out / "volumes" / f"{name}_label.nii.gz"
-        save_nifti(iso, aff, vol_img, np.int16)
-        save_nifti(iso_lab, aff, vol_lab, np.uint8)
-        boxes = boxes_from_mask(iso_lab)
-        vitem = {
-            "image": rel(vol_img, out),
-            "label": rel(vol_lab, out),
-            **meta,
-            "box": boxes,
-            "box_label": [0] * len(boxes),
-        }
+        vol_img, vol_lab = save_image_and_mask(iso, iso_lab, aff, out / "volumes", name)
+        vitem = {"image": rel(vol_img, out), "label": rel(vol_lab, out), **meta, **box_fields(iso_lab)}
         index["volumes_3d"].append(vitem)
         index["slices_2d"] += pretrain_slices(name, iso, aff, out, meta)
 
@@ -482,11 +486,9 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
             assert present == (kind == "pos"), (name, kind)
             i = counts[kind]
             counts[kind] += 1
-            p_img = out / "crops3d" / f"{name}_{kind}{i}_image.nii.gz"
-            p_lab = out / "crops3d" / f"{name}_{kind}{i}_label.nii.gz"
-            caff = crop_affine(aff, lo)
-            save_nifti(crop, caff, p_img, np.int16)
-            save_nifti(crop_lab, caff, p_lab, np.uint8)
+            p_img, p_lab = save_image_and_mask(
+                crop, crop_lab, crop_affine(aff, lo), out / "crops3d", f"{name}_{kind}{i}"
+            )
             index["crops_3d"].append({"image": rel(p_img, out), "seg": rel(p_lab, out), "label": present, **meta})
 
         # --- native axial slices, cropped to the body ---------------------------------------------
@@ -515,11 +517,7 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
             saff = crop_affine(saff, [s.start for s in inplane])
             if modality == "CT":
                 sl_img = np.clip(sl_img, -1024, None)
-            p_img = out / "axial2d" / f"{name}_z{k:03d}_image.nii.gz"
-            p_lab = out / "axial2d" / f"{name}_z{k:03d}_label.nii.gz"
-            save_nifti(sl_img, saff, p_img, np.int16)
-            save_nifti(sl_lab, saff, p_lab, np.uint8)
-            boxes = boxes_from_mask(sl_lab)
+            p_img, p_lab = save_image_and_mask(sl_img, sl_lab, saff, out / "axial2d", f"{name}_z{k:03d}")
             index["axial_2d"].append(
                 {
                     "image": rel(p_img, out),
@@ -527,8 +525,7 @@ def build_pyradiomics(src: Path, out: Path, index: dict) -> None:
                     **meta,
                     "slice_index": k,
                     "tumour": int(sl_lab.any()),
-                    "box": boxes,
-                    "box_label": [0] * len(boxes),
+                    **box_fields(sl_lab),
                 }
             )
 
