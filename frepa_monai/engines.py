@@ -47,6 +47,7 @@ __all__ = [
     "first_sample",
     "announce_preset",
     "find_bundle_root",
+    "pretrained_encoder_path",
     "switch",
     "to_feature_grid",
 ]
@@ -401,6 +402,17 @@ def find_bundle_root(name: str) -> str:
         return str(here)
     candidate = here / "bundles" / name
     return str(candidate if (candidate / "configs").is_dir() else here)
+
+
+def pretrained_encoder_path(pretrain_bundle: str, bundle_root: str) -> str:
+    """Default ``encoder_checkpoint`` of a downstream bundle: ``models/encoder.pt`` of the pretraining bundle
+    ``pretrain_bundle`` beside ``bundle_root`` (``bundles/<pretrain_bundle>`` in this repository, or a sibling
+    folder of a downloaded bundle), else below the current folder's ``bundles/``. The first that exists is
+    returned; if none does, the sibling path, so that the error names where the encoder was expected.
+    """
+    sibling = Path(bundle_root).resolve().parent / pretrain_bundle / "models" / "encoder.pt"
+    candidates = [sibling, Path.cwd() / "bundles" / pretrain_bundle / "models" / "encoder.pt"]
+    return str(next((p for p in candidates if p.is_file()), sibling))
 
 
 def to_feature_grid(image: torch.Tensor, stride) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Metrics of the Frepa evaluation (spec section 5): frequency fidelity of reconstructions.
+"""Metrics of the Frepa evaluation: frequency fidelity of reconstructions (spec section 5) and the detection
+metrics of the downstream detection bundles (paper 4.1.3: IoU, detection ratio, sensitivity, precision).
 
 ``frequency_fidelity`` follows the paper's Fig. 7 protocol: ``rho_k = 1 - RMSE(O_k(recon), O_k(target))``
 for images in [0, 1], with a Gaussian low-pass ``O_low`` (cut-off ``0.05 * min size``), a Gaussian
@@ -9,13 +10,25 @@ mainly ``rho_high``.
 
 from __future__ import annotations
 
+import math
+
 import torch
+from monai.data.box_utils import box_iou, box_pair_giou
+from monai.metrics import CumulativeIterationMetric
 from monai.metrics.regression import RegressionMetric
 from monai.utils import MetricReduction
 
 from frepa_monai.frequency import filter_bank, gaussian_lowpass
 
-__all__ = ["FREQUENCY_BANDS", "band_filters", "frequency_fidelity", "FrequencyFidelityMetric"]
+__all__ = [
+    "FREQUENCY_BANDS",
+    "band_filters",
+    "frequency_fidelity",
+    "FrequencyFidelityMetric",
+    "DETECTION_METRICS",
+    "detection_scores",
+    "DetectionMetric",
+]
 
 FREQUENCY_BANDS = ("low", "mid", "high")
 
@@ -82,3 +95,86 @@ class FrequencyFidelityMetric(RegressionMetric):
     def _compute_metric(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rho = frequency_fidelity(y_pred, y, self.low_cutoff_ratio, self.high_cutoff_ratio)[f"rho_{self.band}"]
         return rho[:, None]
+
+
+DETECTION_METRICS = ("iou", "giou", "detection_ratio", "sensitivity", "precision")
+
+
+def _detection_table(pred: torch.Tensor, target: torch.Tensor, objectness_threshold: float) -> torch.Tensor:
+    """Per image ``[iou, giou, has_object, predicted_positive]`` of one predicted and one true box each."""
+    n = (pred.shape[-1] - 1) // 2
+    pred, target = pred.float(), target.float().to(pred.device)
+    iou = box_iou(pred[:, : 2 * n], target[:, : 2 * n]).diagonal()  # MONAI has a paired GIoU, no paired IoU
+    giou = box_pair_giou(pred[:, : 2 * n], target[:, : 2 * n])
+    has_object = (target[:, -1] > 0.5).float()
+    positive = (torch.sigmoid(pred[:, -1]) >= objectness_threshold).float()
+    return torch.stack([iou, giou, has_object, positive], dim=1)
+
+
+def _scores_of(table: torch.Tensor, iou_threshold: float) -> dict[str, float]:
+    iou, giou, has_object, positive = (table[:, i] for i in range(4))
+    objects = has_object > 0
+    hit = objects & (iou >= iou_threshold)
+    true_positive = float((hit & (positive > 0)).sum())
+    n_objects, n_positive = float(objects.sum()), float(positive.sum())
+    nan = math.nan
+    return {
+        "iou": float(iou[objects].mean()) if n_objects else nan,
+        "giou": float(giou[objects].mean()) if n_objects else nan,
+        "detection_ratio": float(hit.sum()) / n_objects if n_objects else nan,
+        "sensitivity": true_positive / n_objects if n_objects else nan,
+        "precision": true_positive / n_positive if n_positive else nan,
+    }
+
+
+def detection_scores(
+    pred: torch.Tensor, target: torch.Tensor, iou_threshold: float = 0.5, objectness_threshold: float = 0.5
+) -> dict[str, float]:
+    """Detection metrics of one predicted box per image against one true box (or none) per image.
+
+    ``pred`` and ``target`` are ``(N, 2 * spatial_dims + 1)`` in :class:`~frepa_monai.networks.heads.DetectionHead`
+    format: a corner box (MONAI ``xyxy`` / ``xyzxyz``, any consistent unit) and, last, the objectness: a logit in
+    ``pred``, 1 (object) or 0 (no object) in ``target``. Over the images that hold an object:
+
+    - ``iou``, ``giou``: mean (generalised) intersection over union of predicted and true box;
+    - ``detection_ratio``: fraction whose predicted box has IoU >= ``iou_threshold`` (the paper's cancer detection
+      ratio, objectness not used);
+    - ``sensitivity``: true positives / objects, a true positive being an image with an object, objectness
+      ``sigmoid(logit) >= objectness_threshold`` and IoU >= ``iou_threshold``;
+    - ``precision``: true positives / images predicted positive (objectness above threshold, any image).
+
+    Undefined ratios (no object, no positive prediction) are NaN.
+    """
+    return _scores_of(_detection_table(pred, target, objectness_threshold), iou_threshold)
+
+
+class DetectionMetric(CumulativeIterationMetric):
+    """One of :data:`DETECTION_METRICS` accumulated over iterations (see :func:`detection_scores`), for MONAI's
+    ``IgniteMetricHandler``: ``metric(y_pred, y)`` with ``(B, 2 * spatial_dims + 1)`` tensors or lists of
+    ``(2 * spatial_dims + 1,)`` tensors (decollated batches), ``aggregate()`` -> the metric over all images.
+    """
+
+    def __init__(self, metric_name: str = "iou", iou_threshold: float = 0.5, objectness_threshold: float = 0.5) -> None:
+        super().__init__()
+        if metric_name not in DETECTION_METRICS:
+            raise ValueError(f"metric_name must be one of {DETECTION_METRICS}, got {metric_name!r}.")
+        self.metric_name = metric_name
+        self.iou_threshold = iou_threshold
+        self.objectness_threshold = objectness_threshold
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("DetectionMetric needs the target boxes y.")
+        if y_pred.ndim == 1:  # one decollated item
+            y_pred, y = y_pred[None], y[None]
+        if y_pred.shape != y.shape or y_pred.shape[-1] not in (5, 7):
+            raise ValueError(
+                f"expected pred and target of shape (B, 5) or (B, 7), got {tuple(y_pred.shape)} and {tuple(y.shape)}."
+            )
+        return _detection_table(y_pred, y, self.objectness_threshold)
+
+    def aggregate(self) -> torch.Tensor:
+        table = self.get_buffer()
+        if not isinstance(table, torch.Tensor) or table.numel() == 0:
+            return torch.tensor(math.nan)
+        return torch.tensor(_scores_of(table.reshape(-1, 4), self.iou_threshold)[self.metric_name])

@@ -43,6 +43,10 @@ __all__ = [
     "FrepaCorruptd",
     "CT_WINDOWS",
     "ScaleIntensityByModalityd",
+    "ValidateLabel",
+    "ValidateLabeld",
+    "MaskToBox",
+    "MaskToBoxd",
     "seeded_generator",
 ]
 
@@ -869,4 +873,139 @@ class ScaleIntensityByModalityd(MapTransform):
                 image if torch.is_floating_point(image) else image.float(), f"key '{key}'", _source_of(d[key])
             )
             d[key] = scale(d[key])
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# downstream labels
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ValidateLabel(Transform):
+    """Check a label map ``(1, *spatial)`` against the classes a config declares; returns it unchanged.
+
+    Raises a ``ValueError`` naming the label's file when it has more than one channel, holds NaN / Inf or
+    non-integer values, or values outside ``[0, num_classes)`` (e.g. a 0/255 mask where 0/1 is expected).
+
+    Args:
+        num_classes: classes of the task, background included (labels ``0 .. num_classes - 1``).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}.")
+        self.num_classes = int(num_classes)
+
+    def __call__(self, label: NdarrayOrTensor, name: str = "label") -> NdarrayOrTensor:
+        source = _source_of(label).replace("image ", "", 1) or "(in memory) "
+        x = convert_to_tensor(label, track_meta=False)
+        if x.ndim < 3 or x.shape[0] != 1:
+            raise ValueError(
+                f"{name} {source}has shape {tuple(x.shape)}; expected one channel, (1, *spatial), of class indices."
+            )
+        values = torch.unique(x)
+        if torch.is_floating_point(values):
+            if not bool(torch.isfinite(values).all()):
+                raise ValueError(f"{name} {source}contains NaN or Inf values.")
+            if not bool((values == values.round()).all()):
+                raise ValueError(
+                    f"{name} {source}holds non-integer values {values[:8].tolist()}; expected class indices."
+                )
+            values = values.long()
+        bad = values[(values < 0) | (values >= self.num_classes)]
+        if bad.numel():
+            raise ValueError(
+                f"{name} {source}holds classes {bad[:8].tolist()} that the config does not declare: it declares "
+                f"{self.num_classes} classes (0 .. {self.num_classes - 1}); values found: {values[:12].tolist()}."
+            )
+        return label
+
+
+class ValidateLabeld(MapTransform):
+    """Dictionary twin of :class:`ValidateLabel` that also checks that each label has its image's spatial size.
+
+    Place it right after loading, before any spatial transform. Errors name the label's file (and the image's
+    for a size mismatch).
+
+    Args:
+        keys: label keys.
+        num_classes: classes of the task, background included.
+        image_key: the image whose spatial size each label must have; None skips the size check.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, num_classes: int, image_key: str | None = "image", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.validate = ValidateLabel(num_classes)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            self.validate(d[key], name=f"label '{key}'")
+            if self.image_key is not None and self.image_key in d:
+                image_size, label_size = tuple(d[self.image_key].shape[1:]), tuple(d[key].shape[1:])
+                if image_size != label_size:
+                    raise ValueError(
+                        f"label '{key}' {_source_of(d[key]).replace('image ', '', 1)}has spatial size {label_size} but "
+                        f"its image {_source_of(d[self.image_key]).replace('image ', '', 1)}has {image_size}; "
+                        "image and label must be on the same grid."
+                    )
+        return d
+
+
+class MaskToBox(Transform):
+    """The detection target of a mask: the box around all its foreground, normalised, plus objectness.
+
+    ``(1, *spatial)`` mask -> ``(2 * spatial_dims + 1,)`` float tensor ``[lo_1 .. lo_n, hi_1 .. hi_n, objectness]``
+    in :class:`~frepa_monai.networks.heads.DetectionHead`'s format: the corners of the smallest box holding every
+    voxel ``> 0`` in array index order (MONAI's corner mode ``xyxy`` / ``xyzxyz``, minimum inclusive, maximum
+    exclusive) divided by the spatial size, so in [0, 1]; objectness 1. An empty mask gives zeros with
+    objectness 0 (its box is ignored by :class:`~frepa_monai.networks.heads.DetectionLoss`). Computed after the
+    spatial transforms, the box follows every crop, resize and flip of the mask.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __call__(self, mask: NdarrayOrTensor) -> torch.Tensor:
+        x = convert_to_tensor(mask, track_meta=False)
+        if x.ndim not in (3, 4):
+            raise ValueError(f"mask {_source_of(mask)}has shape {tuple(x.shape)}; expected (C, *spatial), 2D or 3D.")
+        foreground = (x > 0).any(dim=0)
+        n = foreground.ndim
+        out = torch.zeros(2 * n + 1, dtype=torch.float32)
+        if not bool(foreground.any()):
+            return out
+        for axis in range(n):
+            others = tuple(a for a in range(n) if a != axis)
+            hit = torch.nonzero(foreground.any(dim=others) if others else foreground).flatten()
+            size = foreground.shape[axis]
+            out[axis] = hit[0].item() / size
+            out[n + axis] = (hit[-1].item() + 1) / size
+        out[-1] = 1.0
+        return out
+
+
+class MaskToBoxd(MapTransform):
+    """Dictionary twin of :class:`MaskToBox`: replaces each mask under ``keys`` by its box target (or writes it
+    to ``box_keys``)."""
+
+    def __init__(
+        self, keys: KeysCollection, box_keys: KeysCollection | None = None, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.box_keys = (
+            self.keys if box_keys is None else tuple(box_keys) if not isinstance(box_keys, str) else (box_keys,)
+        )
+        if len(self.box_keys) != len(self.keys):
+            raise ValueError("box_keys must name one output per key.")
+        self.to_box = MaskToBox()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key, box_key in self.key_iterator(d, self.box_keys):
+            d[box_key] = self.to_box(d[key])
         return d

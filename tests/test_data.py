@@ -24,6 +24,8 @@ def _datalists():
         ("vessel", fd.vessel_segmentation_datalist(), 2),
         ("lung_det_2d", fd.lung_tumour_detection_datalist(spatial_dims=2), 2),
         ("lung_det_3d", fd.lung_tumour_detection_datalist(spatial_dims=3), 3),
+        ("tumour_det_2d", fd.tumour_detection_datalist(spatial_dims=2), 2),
+        ("tumour_det_3d", fd.tumour_detection_datalist(spatial_dims=3, modalities=("CT", "MR")), 3),
         ("cls_2d", fd.tumour_classification_datalist(spatial_dims=2), 2),
         ("cls_3d", fd.tumour_classification_datalist(spatial_dims=3), 3),
         ("brain_region", fd.brain_region_segmentation_datalist(), 3),
@@ -223,6 +225,21 @@ def test_detection_boxes_are_the_mask_extent(dims):
         if n:
             idx = np.argwhere(mask)
             assert (boxes[:, :dims].min(0) == idx.min(0)).all() and (boxes[:, dims:].max(0) == idx.max(0) + 1).all()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tumour_detection_items_are_the_classification_items_with_their_masks(dims):
+    """Detection reuses the classification slices / crops; ``label`` is the tumour mask, foreground iff tumour."""
+    det = _items(fd.tumour_detection_datalist(spatial_dims=dims, modalities=("CT", "MR")))
+    cls = {it["image"]: it for it in _items(fd.tumour_classification_datalist(spatial_dims=dims))}
+    assert sorted(it["image"] for it in det) == sorted(cls)
+    for it in det:
+        assert it["label"] == cls[it["image"]]["seg"]
+        assert bool((_load(it["label"])[0] > 0).any()) == bool(cls[it["image"]]["label"]), it["image"]
+    lung = _items(fd.tumour_detection_datalist(spatial_dims=dims))
+    assert {it["modality"] for it in lung} == {"CT"} and len(_subjects(lung)) == 2
+    with pytest.raises(ValueError, match="no tumour detection items"):
+        fd.tumour_detection_datalist(spatial_dims=dims, modalities=("US",))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from frepa_monai.metrics import FrequencyFidelityMetric, band_filters, frequency_fidelity
+from frepa_monai.metrics import (
+    DetectionMetric,
+    FrequencyFidelityMetric,
+    band_filters,
+    detection_scores,
+    frequency_fidelity,
+)
 
 
 def tone(shape, frequency: int, amplitude: float) -> torch.Tensor:
@@ -65,3 +71,67 @@ def test_cumulative_metric_averages_per_image_values_over_batches():
     assert expected.item() < 1.0
     with pytest.raises(ValueError, match="band must be"):
         FrequencyFidelityMetric(band="ultra")
+
+
+# ---------------------------------------------------------------- detection metrics
+
+
+def _boxes():
+    """Four images, 2D boxes in pixels: a perfect hit, a half-overlapping box, a miss, and an image without
+    object. Objectness logits: +4 (positive), +4, -4 (negative), +4 (a false positive)."""
+    pred = torch.tensor(
+        [
+            [10.0, 10.0, 20.0, 20.0, 4.0],  # == target: IoU 1
+            [0.0, 0.0, 10.0, 10.0, 4.0],  # target [0, 0, 10, 20]: IoU 100 / 200 = 0.5
+            [30.0, 30.0, 40.0, 40.0, -4.0],  # target [0, 0, 5, 5]: IoU 0
+            [5.0, 5.0, 8.0, 8.0, 4.0],  # no object
+        ]
+    )
+    target = torch.tensor(
+        [
+            [10.0, 10.0, 20.0, 20.0, 1.0],
+            [0.0, 0.0, 10.0, 20.0, 1.0],
+            [0.0, 0.0, 5.0, 5.0, 1.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    return pred, target
+
+
+def test_detection_scores_match_hand_computed_values():
+    pred, target = _boxes()
+    scores = detection_scores(pred, target)
+    assert scores["iou"] == pytest.approx((1.0 + 0.5 + 0.0) / 3, abs=1e-5)
+    assert scores["detection_ratio"] == pytest.approx(2 / 3)  # IoU >= 0.5: images 0 and 1
+    assert scores["sensitivity"] == pytest.approx(2 / 3)  # both hits predicted positive
+    assert scores["precision"] == pytest.approx(2 / 3)  # 3 positive predictions, one on an image without object
+    # GIoU of the miss: enclosing box [0, 0, 40, 40] = 1600, union 125: 0 - (1600 - 125) / 1600
+    assert scores["giou"] == pytest.approx((1.0 + 0.5 + (0 - 1475 / 1600)) / 3, abs=1e-5)
+    strict = detection_scores(pred, target, iou_threshold=0.6)
+    assert strict["detection_ratio"] == pytest.approx(1 / 3) and strict["sensitivity"] == pytest.approx(1 / 3)
+
+
+def test_detection_scores_in_3d_and_undefined_ratios():
+    pred = torch.tensor([[0.0, 0.0, 0.0, 2.0, 2.0, 2.0, -1.0]])
+    target = torch.tensor([[0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 1.0]])
+    scores = detection_scores(pred, target)
+    assert scores["iou"] == pytest.approx(0.5, abs=1e-5) and scores["detection_ratio"] == 1.0
+    assert scores["sensitivity"] == 0.0 and math.isnan(scores["precision"])  # nothing predicted positive
+    no_object = detection_scores(pred, torch.zeros_like(target))
+    assert math.isnan(no_object["iou"]) and math.isnan(no_object["sensitivity"])
+
+
+def test_detection_metric_accumulates_decollated_items():
+    pred, target = _boxes()
+    expected = detection_scores(pred, target)
+    for name, value in expected.items():
+        metric = DetectionMetric(metric_name=name)
+        metric(list(pred[:2]), list(target[:2]))  # decollated items, as evaluators pass them
+        metric(pred[2:], target[2:])  # and a batch
+        assert metric.aggregate().item() == pytest.approx(value, abs=1e-5), name
+        metric.reset()
+        assert math.isnan(metric.aggregate().item())
+    with pytest.raises(ValueError, match="metric_name"):
+        DetectionMetric(metric_name="map")
+    with pytest.raises(ValueError, match=r"\(B, 5\) or \(B, 7\)"):
+        DetectionMetric()(pred[:, :4], target[:, :4])

@@ -14,12 +14,14 @@ from monai.networks.nets import UNet
 
 from frepa_monai.frequency import squared_frequency_distance
 from frepa_monai.networks import (
+    ENCODER_MODES,
     ENCODER_PRESETS,
     ClassificationHead,
     ConvDecoder,
     DetectionHead,
     DetectionLoss,
     FrequencyDisentangledNet,
+    PatchifyEncoder,
     SegmentationHead,
     build_autoencoder,
     build_encoder,
@@ -241,6 +243,67 @@ def test_task_network_freezes_encoder():
     out.sum().backward()
     assert all(p.grad is None for p in net.encoder.parameters())
     assert all(p.grad is not None for p in net.head.parameters())
+
+
+@pytest.mark.parametrize("spatial_dims", (2, 3))
+def test_patchify_encoder_cuts_the_image_into_patches(spatial_dims):
+    stride = (4, 2, 8)[:spatial_dims]
+    size = (8, 6, 16)[:spatial_dims]
+    encoder = PatchifyEncoder(2, stride, spatial_dims)
+    x = torch.rand(3, 2, *size)
+    out = encoder(x)
+    grid = [s // p for s, p in zip(size, stride)]
+    assert out.shape == (3, 2 * math.prod(stride), *grid) and encoder.out_channels == out.shape[1]
+    # feature vector at grid cell 1 = the pixels of patch 1 (channel-major, then in-patch order)
+    cell = (1,) * spatial_dims
+    patch = x[(slice(None), slice(None)) + tuple(slice(p * c, p * (c + 1)) for p, c in zip(stride, cell))]
+    assert torch.equal(out[(slice(None), slice(None)) + cell], patch.reshape(3, -1))
+    assert torch.equal(torch.sort(out.flatten())[0], torch.sort(x.flatten())[0])  # a permutation of the pixels
+    assert encoder(torch.rand(1, 2, *[s - 1 for s in size])).shape[2:] == tuple(grid)  # padded up
+
+
+def test_encoder_modes_of_the_task_network(tmp_path):
+    path = tmp_path / "enc.pt"
+    save_encoder_checkpoint(path, build_encoder("vit_tiny", 2, 4, 32))
+    pretrained = build_task_network("vit_tiny", 2, 4, 32, encoder_checkpoint=path, encoder="pretrained")
+    reference = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, reference[k]) for k, v in pretrained.encoder.state_dict().items())
+    random = build_task_network("vit_tiny", 2, 4, 32, encoder_checkpoint=path, encoder="random")
+    assert not torch.equal(
+        random.encoder.state_dict()["vit.patch_embedding.patch_embeddings.weight"],
+        reference["vit.patch_embedding.patch_embeddings.weight"],
+    )
+    none = build_task_network("vit_tiny", 2, 4, 32, encoder="none")
+    assert isinstance(none.encoder, PatchifyEncoder) and none.encoder.stride == (8, 8)
+    assert none(torch.rand(1, 4, 32, 32)).shape == (1, 2, 32, 32)
+    assert not none.freeze_encoder and set(ENCODER_MODES) == {"pretrained", "random", "none"}
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt' does not exist.*frepa_pretrain_2d.*--encoder random"):
+        build_task_network("vit_tiny", 2, 4, 32, encoder_checkpoint=tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        build_task_network("vit_tiny", 2, 4, 32, encoder="imagenet")
+    st = build_slice_transformer(
+        "vit_tiny", 4, 32, "segmentation", 3, path, hidden_size=32, num_heads=4, encoder="none"
+    )
+    assert isinstance(st.encoder, PatchifyEncoder)
+    assert st(torch.rand(1, 2, 32, 32, 3)).shape == (1, 3, 32, 32, 3)
+
+
+def test_frequency_disentangled_task_network_shares_one_frozen_encoder(tmp_path):
+    path = tmp_path / "enc.pt"
+    save_encoder_checkpoint(path, build_encoder("vit_tiny", 2, 4, 32))
+    net = build_task_network(
+        "vit_tiny", 2, 4, 32, "segmentation", 3, path, frequency_disentangled=True, branch_channels=8
+    )
+    assert isinstance(net, FrequencyDisentangledNet)
+    assert net.backbone_low.encoder is net.backbone_high.encoder  # one encoder, not two copies
+    assert net.backbone_low.head is not net.backbone_high.head
+    out = net(torch.rand(2, 4, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    out.sum().backward()
+    assert all(p.grad is None for p in net.backbone_low.encoder.parameters())
+    assert all(p.grad is not None for p in net.fuse.parameters())
+    with pytest.raises(ValueError, match="needs head='segmentation'"):
+        build_task_network("vit_tiny", 2, 4, 32, "classification", frequency_disentangled=True)
 
 
 def _net(encoder_name: str, spatial_dims: int, img_size: int, head: str) -> dict:

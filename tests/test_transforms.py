@@ -21,6 +21,10 @@ from frepa_monai.transforms import (
     HessianFilterd,
     HistogramEqualizedMask,
     HistogramEqualizedMaskd,
+    MaskToBox,
+    MaskToBoxd,
+    ValidateLabel,
+    ValidateLabeld,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -355,3 +359,59 @@ def test_histogram_masking_keeps_a_grey_image_grey():
     grey = torch.rand(1, 96, 96).expand(3, -1, -1).clone()  # grayscale repeated to 3 channels (paper section 4)
     y, mask = HistogramEqualizedMask().set_random_state(0).call_with_mask(grey)
     assert mask.any() and torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])
+
+
+# ---------------------------------------------------------------- downstream labels
+
+
+def _loaded(array: np.ndarray, path, tmp_path):
+    """``array`` written as a real NIfTI file and read back with MONAI (a MetaTensor that knows its file)."""
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / path))
+    return LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / path))
+
+
+def test_validate_label_names_the_file_and_the_undeclared_classes(tmp_path):
+    good = _loaded(np.array([[0, 1], [2, 1]], dtype=np.uint8), "good.nii.gz", tmp_path)
+    assert ValidateLabel(3)(good) is good
+    with pytest.raises(ValueError, match=r"bad\.nii\.gz' holds classes \[255\].*declares 2 classes"):
+        ValidateLabel(2)(_loaded(np.array([[0, 255]], dtype=np.uint8), "bad.nii.gz", tmp_path))
+    with pytest.raises(ValueError, match=r"frac\.nii\.gz' holds non-integer values"):
+        ValidateLabel(2)(_loaded(np.array([[0.0, 0.5]], dtype=np.float32), "frac.nii.gz", tmp_path))
+    with pytest.raises(ValueError, match=r"holds classes \[-1\]"):
+        ValidateLabel(2)(torch.tensor([[[0, -1]]]))
+    with pytest.raises(ValueError, match="expected one channel"):
+        ValidateLabel(2)(torch.zeros(3, 4, 4))
+
+
+def test_validate_labeld_checks_the_size_against_the_image(tmp_path):
+    image = _loaded(np.zeros((6, 5), dtype=np.float32), "img.nii.gz", tmp_path)
+    label = _loaded(np.zeros((6, 4), dtype=np.uint8), "lab.nii.gz", tmp_path)
+    with pytest.raises(
+        ValueError, match=r"lab\.nii\.gz' has spatial size \(6, 4\) but its image '.*img\.nii\.gz' has \(6, 5\)"
+    ):
+        ValidateLabeld("label", num_classes=2)({"image": image, "label": label})
+    out = ValidateLabeld("label", num_classes=2, image_key=None)({"image": image, "label": label})
+    assert out["label"] is label
+
+
+def test_mask_to_box_is_the_normalised_extent_of_the_foreground():
+    mask = torch.zeros(1, 10, 20)
+    mask[0, 2:5, 3:9] = 1
+    mask[0, 7, 15] = 2  # a second component: the box covers both
+    assert torch.equal(MaskToBox()(mask), torch.tensor([0.2, 0.15, 0.8, 0.8, 1.0]))
+    assert torch.equal(MaskToBox()(torch.zeros(1, 10, 20)), torch.zeros(5))  # no object
+    vol = np.zeros((1, 8, 4, 16), dtype=np.uint8)
+    vol[0, 1:3, 0:4, 15] = 1
+    box = MaskToBoxd("label", box_keys="box")({"label": vol})["box"]
+    assert torch.equal(box, torch.tensor([1 / 8, 0.0, 15 / 16, 3 / 8, 1.0, 1.0, 1.0]))
+
+
+def test_mask_to_box_follows_a_flip_of_the_mask():
+    """Computed after the spatial transforms, the target box moves with the image: a flip mirrors it."""
+    mask = torch.zeros(1, 16, 16)
+    mask[0, 2:6, 9:12] = 1
+    flipped = MaskToBox()(torch.flip(mask, dims=[1]))
+    assert torch.allclose(flipped, torch.tensor([1 - 6 / 16, 9 / 16, 1 - 2 / 16, 12 / 16, 1.0]))

@@ -50,6 +50,7 @@ __all__ = [
     "pretrain_3d_datalist",
     "vessel_segmentation_datalist",
     "lung_tumour_detection_datalist",
+    "tumour_detection_datalist",
     "tumour_classification_datalist",
     "brain_region_segmentation_datalist",
     "datalist_to_json",
@@ -269,6 +270,38 @@ def lung_tumour_detection_datalist(
     else:
         raise ValueError("spatial_dims must be 2 or 3")
     return split_by_subject([_item(r, keys) for r in raw], seed=seed, fold=fold, num_folds=num_folds)
+
+
+def tumour_detection_datalist(
+    spatial_dims: int = 2,
+    seed: int = 0,
+    fold: int | None = None,
+    num_folds: int = 5,
+    modalities: Sequence[str] = ("CT",),
+) -> dict[str, list[dict]]:
+    """Tumour detection items whose ``label`` is the tumour MASK; the detection bundles derive the box from it
+    after their spatial transforms (:class:`frepa_monai.transforms.MaskToBoxd`), so boxes follow every resize.
+
+    ``spatial_dims=2``: the native axial slices of :func:`tumour_classification_datalist` (with and without
+    tumour); ``spatial_dims=3``: its 48^3 crops at 1.5 mm (centred on the tumour or free of it). ``modalities``
+    picks the cases: ``("CT",)`` (default) the two lung CTs, the paper's lung tumour detection (2D: 22 slices,
+    14 with tumour; 3D: 8 crops, 4 with tumour; 2 subjects, so ``num_folds`` at most 2); ``("CT", "MR")`` adds
+    the brain and breast MR tumours (5 subjects, 5 folds). Keys: image, label (mask path), subject, modality,
+    window, source.
+    """
+    idx = load_index()
+    keys = ("image", "label") + _META_KEYS
+    wanted = {m.upper() for m in modalities}
+    if spatial_dims == 2:
+        raw = [dict(r) for r in idx["axial_2d"]]
+    elif spatial_dims == 3:
+        raw = [dict(r, label=r["seg"]) for r in idx["crops_3d"]]
+    else:
+        raise ValueError("spatial_dims must be 2 or 3")
+    items = [_item(r, keys) for r in raw if r["modality"].upper() in wanted]
+    if not items:
+        raise ValueError(f"no tumour detection items of modalities {sorted(wanted)}; the sample set has CT and MR.")
+    return split_by_subject(items, seed=seed, fold=fold, num_folds=num_folds)
 
 
 def tumour_classification_datalist(

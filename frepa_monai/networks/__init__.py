@@ -15,6 +15,7 @@ from frepa_monai.networks.encoders import (
     ConvNeXtBlock,
     ConvNeXtEncoder,
     MedNeXtEncoder,
+    PatchifyEncoder,
     SwinEncoder,
     ViTEncoder,
     build_encoder,
@@ -22,6 +23,8 @@ from frepa_monai.networks.encoders import (
     pad_to_multiple,
 )
 from frepa_monai.networks.factory import (
+    ENCODER_MODES,
+    build_downstream_encoder,
     build_head,
     build_pretrained_whole_network,
     build_slice_transformer,
@@ -39,7 +42,10 @@ from frepa_monai.networks.heads import (
 from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_embedding_1d
 
 __all__ = [
+    "ENCODER_MODES",
     "ENCODER_PRESETS",
+    "PatchifyEncoder",
+    "build_downstream_encoder",
     "ClassificationHead",
     "ConvDecoder",
     "ConvNeXtBlock",

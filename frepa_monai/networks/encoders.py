@@ -544,6 +544,42 @@ def build_encoder(
     return encoder
 
 
+class PatchifyEncoder(nn.Module):
+    """The ``encoder=none`` baseline: no learnt encoder, the image cut into ``stride`` patches (space to depth).
+
+    ``(B, C, *spatial)`` -> ``(B, C * prod(stride), *ceil(spatial / stride))``: every feature vector is the raw
+    pixels of one patch (zero-padded at the end of each axis), the information a ViT's patch embedding starts
+    from. A task head on it measures what the head alone learns from the pixels, at the encoder's grid.
+
+    Args:
+        in_channels: input channels ``C``.
+        stride: patch size per axis (int or sequence), usually the replaced encoder's ``stride``.
+        spatial_dims: 2 or 3.
+    """
+
+    def __init__(self, in_channels: int, stride: Sequence[int] | int, spatial_dims: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.stride = tuple(int(s) for s in ensure_tuple_rep(stride, spatial_dims))
+        self.size_divisor = self.stride
+        self.out_channels = in_channels * math.prod(self.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` -> ``(B, C * prod(stride), *grid)``."""
+        x = pad_to_multiple(x, self.stride)
+        batch, channels, *spatial = x.shape
+        grid = [s // p for s, p in zip(spatial, self.stride)]
+        shape = [batch, channels]
+        for g, p in zip(grid, self.stride):
+            shape += [g, p]
+        x = x.reshape(shape)
+        n = self.spatial_dims
+        # (B, C, g1, p1, g2, p2, ...) -> (B, C, p1, p2, ..., g1, g2, ...)
+        order = [0, 1] + [3 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)]
+        return x.permute(order).reshape(batch, self.out_channels, *grid)
+
+
 def build_whole_network(name: str, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
     """The whole MONAI segmentation network whose encoder is preset ``name`` (Swin and MedNeXt presets).
 

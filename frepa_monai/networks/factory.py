@@ -13,13 +13,60 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from frepa_monai.networks.checkpoint import load_encoder_weights
-from frepa_monai.networks.encoders import build_encoder, build_whole_network
+from frepa_monai.networks.encoders import PatchifyEncoder, build_encoder, build_whole_network
+from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet
 from frepa_monai.networks.heads import ClassificationHead, DetectionHead, FrepaTaskNet, SegmentationHead
 from frepa_monai.networks.slice_transformer import SliceTransformer
 
-__all__ = ["build_head", "build_task_network", "build_slice_transformer", "build_pretrained_whole_network"]
+__all__ = [
+    "ENCODER_MODES",
+    "build_head",
+    "build_downstream_encoder",
+    "build_task_network",
+    "build_slice_transformer",
+    "build_pretrained_whole_network",
+]
 
 HEADS = ("segmentation", "classification", "detection")
+ENCODER_MODES = ("pretrained", "random", "none")
+"""Values of the downstream bundles' ``encoder`` setting: ``pretrained`` loads ``encoder_checkpoint`` (a Frepa,
+MAE or MFM encoder from a pretraining bundle), ``random`` keeps the preset's random initialisation (the same
+architecture without pretraining), ``none`` replaces the encoder by :class:`PatchifyEncoder` (the head alone on
+the raw pixels of each patch, at the encoder's grid)."""
+
+
+def _check_checkpoint(path: str | os.PathLike) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"encoder checkpoint '{path}' does not exist: train an encoder first (bundles/frepa_pretrain_2d or "
+            "bundles/frepa_pretrain_3d write models/encoder.pt), pass --encoder_checkpoint <file>, or run the "
+            "baseline with --encoder random."
+        )
+
+
+def build_downstream_encoder(
+    encoder_name: str,
+    spatial_dims: int,
+    in_channels: int,
+    img_size: Sequence[int] | int,
+    encoder: str = "pretrained",
+    encoder_checkpoint: str | os.PathLike | None = None,
+    encoder_overrides: dict | None = None,
+) -> nn.Module:
+    """The encoder of a downstream network, by ``encoder`` mode (see :data:`ENCODER_MODES`).
+
+    ``pretrained`` with ``encoder_checkpoint=None`` builds the random preset: inference configs do that and then
+    load every weight from the trained network's ``models/model.pt``.
+    """
+    if encoder not in ENCODER_MODES:
+        raise ValueError(f"encoder must be one of {ENCODER_MODES}, got {encoder!r}.")
+    net = build_encoder(encoder_name, spatial_dims, in_channels, img_size, **(encoder_overrides or {}))
+    if encoder == "none":
+        return PatchifyEncoder(in_channels, net.stride, spatial_dims)
+    if encoder == "pretrained" and encoder_checkpoint is not None:
+        _check_checkpoint(encoder_checkpoint)
+        load_encoder_weights(net, encoder_checkpoint, strict=True)
+    return net
 
 
 def build_head(
@@ -56,7 +103,11 @@ def build_task_network(
     freeze_encoder: bool = True,
     head_kwargs: dict | None = None,
     encoder_overrides: dict | None = None,
-) -> FrepaTaskNet:
+    encoder: str = "pretrained",
+    frequency_disentangled: bool = False,
+    cutoff_ratio: float = 0.1,
+    branch_channels: int = 16,
+) -> nn.Module:
     """Encoder preset + task head in one :class:`FrepaTaskNet`, optionally with pretrained encoder weights.
 
     Args:
@@ -66,18 +117,40 @@ def build_task_network(
         img_size: image size (see :func:`~frepa_monai.networks.encoders.build_encoder`).
         head: a head name (see :func:`build_head`) or a head module.
         out_channels: classes of the segmentation / classification head.
-        encoder_checkpoint: Frepa encoder checkpoint loaded strictly into the encoder; None keeps it random
-            (a randomly initialised baseline, or inference where ``model.pt`` holds every weight).
+        encoder_checkpoint: encoder checkpoint loaded strictly into the encoder when ``encoder="pretrained"``
+            (a missing file raises ``FileNotFoundError`` with what to do); None keeps it random (inference, where
+            ``model.pt`` holds every weight).
         freeze_encoder: the paper's protocol: only the head trains.
         head_kwargs: extra arguments of the head.
         encoder_overrides: extra arguments of ``build_encoder``.
+        encoder: ``"pretrained"``, ``"random"`` or ``"none"`` (see :data:`ENCODER_MODES`).
+        frequency_disentangled: segmentation only: a :class:`FrequencyDisentangledNet` whose low- and
+            high-frequency branches are this encoder (one shared module) with a segmentation head each, giving
+            ``branch_channels`` features, fused by a 1x1 convolution into ``out_channels`` classes.
+        cutoff_ratio: Gaussian cut-off of the frequency split, a fraction of the smallest spatial size.
+        branch_channels: features of each branch of the frequency-disentangled network.
     """
-    encoder = build_encoder(encoder_name, spatial_dims, in_channels, img_size, **(encoder_overrides or {}))
-    if encoder_checkpoint is not None:
-        load_encoder_weights(encoder, encoder_checkpoint, strict=True)
+    enc = build_downstream_encoder(
+        encoder_name, spatial_dims, in_channels, img_size, encoder, encoder_checkpoint, encoder_overrides
+    )
+    freeze = bool(freeze_encoder) and encoder != "none"
+    if frequency_disentangled:
+        if head != "segmentation":
+            raise ValueError(f"frequency_disentangled needs head='segmentation', got {head!r}.")
+        branches = [
+            FrepaTaskNet(
+                enc,
+                build_head(head, enc.out_channels, enc.stride, spatial_dims, branch_channels, **(head_kwargs or {})),
+                freeze,
+            )
+            for _ in range(2)
+        ]
+        return FrequencyDisentangledNet(
+            branches[0], branches[1], cutoff_ratio, spatial_dims, out_channels, branch_channels=branch_channels
+        )
     if isinstance(head, str):
-        head = build_head(head, encoder.out_channels, encoder.stride, spatial_dims, out_channels, **(head_kwargs or {}))
-    return FrepaTaskNet(encoder, head, freeze_encoder=freeze_encoder)
+        head = build_head(head, enc.out_channels, enc.stride, spatial_dims, out_channels, **(head_kwargs or {}))
+    return FrepaTaskNet(enc, head, freeze_encoder=freeze)
 
 
 def build_slice_transformer(
@@ -94,16 +167,18 @@ def build_slice_transformer(
     hessian_channel: bool = True,
     head_kwargs: dict | None = None,
     encoder_overrides: dict | None = None,
+    encoder: str = "pretrained",
 ) -> SliceTransformer:
     """A 2D encoder preset (frozen, optionally pretrained) in a :class:`SliceTransformer` with a 3D head.
 
     ``in_channels`` and ``img_size`` are the 2D encoder's (e.g. 4 and 512); the network takes volumes
     ``(B, C, H, W, D)`` with ``(H, W) == img_size`` for a ViT (any size otherwise) and ``C`` 2 (image + Hessian,
     repeated to the encoder's channels) or ``in_channels``. The head sees ``(B, hidden_size, h, w, D)``.
+    ``encoder`` is the mode of :func:`build_downstream_encoder` (``pretrained``, ``random`` or ``none``).
     """
-    encoder = build_encoder(encoder_name, 2, in_channels, img_size, **(encoder_overrides or {}))
-    if encoder_checkpoint is not None:
-        load_encoder_weights(encoder, encoder_checkpoint, strict=True)
+    encoder = build_downstream_encoder(
+        encoder_name, 2, in_channels, img_size, encoder, encoder_checkpoint, encoder_overrides
+    )
     if isinstance(head, str):
         stride = (*encoder.stride, 1)
         head = build_head(head, hidden_size, stride, 3, out_channels, **(head_kwargs or {}))

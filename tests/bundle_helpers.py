@@ -1,0 +1,52 @@
+"""Helpers shared by the bundle tests: copy a bundle to a temporary folder and run it through MONAI's
+ConfigWorkflow in-process (as the model zoo's CI does), and write small real encoder checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from monai.bundle import ConfigWorkflow
+
+from frepa_monai.networks import build_encoder, save_encoder_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bundle_copy(tmp_path: Path, name: str) -> Path:
+    """``bundles/<name>`` copied to ``tmp_path/<name>`` without its models and outputs."""
+    root = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name, root, ignore=shutil.ignore_patterns("models", "eval"))
+    return root
+
+
+def workflow(root: Path, configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
+    """An initialised ConfigWorkflow of ``root/configs/<configs>`` whose required properties are all present."""
+    files = [str(root / "configs" / c) for c in configs]
+    wf = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        workflow_type=workflow_type,
+        logging_file=False,
+        bundle_root=str(root),
+        **override,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    return wf
+
+
+def run(root: Path, configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
+    """Initialise, run and finalise a workflow (see :func:`workflow`)."""
+    wf = workflow(root, configs, workflow_type, **override)
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def encoder_checkpoint(path: Path, name: str, spatial_dims: int, in_channels: int, img_size, seed: int = 0) -> Path:
+    """A real Frepa encoder checkpoint (random weights of preset ``name``, seeded) at ``path``."""
+    import torch
+
+    torch.manual_seed(seed)
+    save_encoder_checkpoint(path, build_encoder(name, spatial_dims, in_channels, img_size))
+    return path
