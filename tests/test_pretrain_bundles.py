@@ -20,11 +20,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import REPO, bundle_copy, workflow
 from monai.bundle import ConfigWorkflow
 
 from frepa_monai.data import pretrain_2d_datalist, pretrain_3d_datalist
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = {  # MLflow off except where a test checks it: creating its SQLite store takes seconds
     "frepa_pretrain_3d": {
         "mlflow": False,
@@ -50,26 +50,6 @@ INFER_SMALL = {
     "frepa_pretrain_3d": {"preset": "cpu", "patch_size": [32, 32, 32]},
     "frepa_pretrain_2d": {"preset": "cpu", "image_size": [32, 32]},
 }
-
-
-def bundle_copy(tmp_path: Path, name: str) -> Path:
-    root = tmp_path / name
-    shutil.copytree(REPO / "bundles" / name, root, ignore=shutil.ignore_patterns("models", "eval"))
-    return root
-
-
-def workflow(root: Path, configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
-    files = [str(root / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        workflow_type=workflow_type,
-        logging_file=False,
-        bundle_root=str(root),
-        **override,
-    )
-    wf.initialize()
-    assert wf.check_properties() == []
-    return wf
 
 
 def train(root: Path, name: str, **override) -> ConfigWorkflow:
