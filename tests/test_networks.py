@@ -222,6 +222,20 @@ def test_heads_give_expected_shapes(spatial_dims):
     assert (lo >= 0).all() and (hi <= 1).all() and (lo <= hi).all()
 
 
+def test_detection_head_sees_where_features_are_and_keeps_border_gradients():
+    """Two feature maps with the same global average but a blob at opposite corners give different boxes; a box
+    at the image border still gets a gradient on every corner (no clamping)."""
+    torch.manual_seed(0)
+    head = DetectionHead(8, 2, pool_size=2)
+    left, right = torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 4)
+    left[..., :2, :2], right[..., 2:, 2:] = 1.0, 1.0
+    assert not torch.allclose(head(left), head(right))
+    box = head(torch.rand(1, 8, 4, 4))
+    target = torch.tensor([[0.0, 0.0, 1.0, 1.0]])  # the whole image
+    giou_loss(box[:, :4], target).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.mlp.parameters())
+
+
 def test_giou_loss_and_detection_loss():
     box = torch.tensor([[0.1, 0.1, 0.5, 0.6]])
     assert giou_loss(box, box).item() == pytest.approx(0.0, abs=1e-6)

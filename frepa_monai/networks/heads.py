@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from monai.data.box_utils import box_pair_giou
-from monai.networks.layers.factories import Pool
+from monai.networks.layers.factories import Conv, Pool
 
 from frepa_monai.networks.decoders import ConvDecoder
 
@@ -64,31 +64,42 @@ class ClassificationHead(nn.Module):
 
 
 class DetectionHead(nn.Module):
-    """One box per image: pooled features -> MLP -> box and objectness.
+    """One box per image from the feature map's layout: 1x1 reduction, coarse pooled grid, MLP -> box and objectness.
 
     ``(B, F, *grid)`` -> ``(B, 2 * spatial_dims + 1)``: ``[..., :2 * spatial_dims]`` is the box in MONAI's
     standard corner mode (2D ``[x1, y1, x2, y2]``, 3D ``[x1, y1, z1, x2, y2, z2]``) normalised to [0, 1] of the
-    image size, ``[..., -1]`` the objectness logit. The box is predicted as a centre and a size (sigmoids), so
-    ``x1 <= x2`` always holds; corners are clipped to [0, 1]. Multiply by the image size for pixel boxes.
+    image size, ``[..., -1]`` the objectness logit. Multiply by the image size for pixel boxes.
+
+    The features are reduced to ``reduced_channels`` by a 1x1 convolution and average-pooled to a
+    ``pool_size``-per-axis grid that the MLP sees flattened, so where a structure lies in the image reaches the
+    box regression (a global average would discard it). The box is predicted as a size ``s`` and a relative
+    position ``c`` (sigmoids) with ``lo = c (1 - s)``, ``hi = lo + s``: always inside [0, 1] with ``lo <= hi``,
+    and without clamping, so no corner ever loses its gradient at the image border.
     """
 
     def __init__(
-        self, in_channels: int, spatial_dims: int, hidden_dims: Sequence[int] = (256,), dropout: float = 0.0
+        self,
+        in_channels: int,
+        spatial_dims: int,
+        hidden_dims: Sequence[int] = (256,),
+        dropout: float = 0.0,
+        reduced_channels: int = 32,
+        pool_size: int = 4,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
-        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-        self.mlp = _mlp(in_channels, hidden_dims, 2 * spatial_dims + 1, dropout)
+        self.reduce = Conv[Conv.CONV, spatial_dims](in_channels, reduced_channels, kernel_size=1)
+        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](pool_size)
+        self.mlp = _mlp(reduced_channels * pool_size**spatial_dims, hidden_dims, 2 * spatial_dims + 1, dropout)
         self.out_channels = 2 * spatial_dims + 1
 
     def forward(self, features: torch.Tensor, out_size: Sequence[int] | None = None) -> torch.Tensor:
         """``(B, F, *grid)`` -> ``(B, 2 * spatial_dims + 1)`` (normalised box, objectness logit)."""
-        out = self.mlp(self.pool(features).flatten(1))
+        out = self.mlp(self.pool(torch.relu(self.reduce(features))).flatten(1))
         n = self.spatial_dims
-        centre, size = torch.sigmoid(out[:, :n]), torch.sigmoid(out[:, n : 2 * n])
-        lo = (centre - size / 2).clamp(0.0, 1.0)
-        hi = (centre + size / 2).clamp(0.0, 1.0)
-        return torch.cat([lo, hi, out[:, 2 * n :]], dim=1)
+        position, size = torch.sigmoid(out[:, :n]), torch.sigmoid(out[:, n : 2 * n])
+        lo = position * (1.0 - size)
+        return torch.cat([lo, lo + size, out[:, 2 * n :]], dim=1)
 
 
 def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
