@@ -43,8 +43,12 @@ def run(root: Path, configs: list[str], workflow_type: str = "train", **override
     return wf
 
 
-def encoder_checkpoint(path: Path, name: str, spatial_dims: int, in_channels: int, img_size, seed: int = 0) -> Path:
-    """A real Frepa encoder checkpoint (random weights of preset ``name``, seeded) at ``path``."""
+def encoder_checkpoint(path: Path, name: str, spatial_dims: int, in_channels: int, img_size, seed: int = 12345) -> Path:
+    """A real Frepa encoder checkpoint (random weights of preset ``name``, seeded) at ``path``.
+
+    The default seed differs from the bundles' ``set_determinism(seed=0)``: a bundle's own random encoder must not
+    equal the checkpoint, or "the encoder is bit-identical to the checkpoint" would hold without loading it.
+    """
     import torch
 
     torch.manual_seed(seed)
