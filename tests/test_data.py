@@ -291,6 +291,8 @@ def test_splits_are_seeded(name):
         "vessel": fd.vessel_segmentation_datalist,
         "lung_det_2d": lambda seed: fd.lung_tumour_detection_datalist(2, seed=seed),
         "lung_det_3d": lambda seed: fd.lung_tumour_detection_datalist(3, seed=seed),
+        "tumour_det_2d": lambda seed: fd.tumour_detection_datalist(2, seed=seed),
+        "tumour_det_3d": lambda seed: fd.tumour_detection_datalist(3, seed=seed, modalities=("CT", "MR")),
         "cls_2d": lambda seed: fd.tumour_classification_datalist(2, seed=seed),
         "cls_3d": lambda seed: fd.tumour_classification_datalist(3, seed=seed),
         "brain_region": fd.brain_region_segmentation_datalist,
