@@ -8,7 +8,8 @@ the network of ``inference.json`` (``network_def``) at the CPU preset with seede
 (``torch.jit.script`` stops at the ViT encoder, see the last test). The TorchScript model must give the PyTorch
 model's output on a real image of the sample data, prepared by the bundle's own inference ``preprocessing`` and
 cropped or padded to the network's input size, and carry the bundle's metadata and config.
-ONNX is tested only where ``onnx`` is installed (it is not a dependency).
+ONNX: every task bundle also goes through MONAI's ``onnx_export`` and the ONNX model, run by onnxruntime, must give
+the PyTorch output (``onnx``, ``onnxscript`` and ``onnxruntime`` come with the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -121,11 +122,25 @@ def test_scripting_is_not_possible(tmp_path):
         )
 
 
-def test_onnx_export(tmp_path):
-    onnx = pytest.importorskip("onnx", reason="onnx is not installed (not a dependency of frepa-monai)")
+NO_ONNX = {  # bundle -> why torch 2.13's ONNX exporter cannot convert its network (TorchScript works)
+    "frepa_detection_3d": "no ONNX function for aten._adaptive_avg_pool3d onto a grid that does not divide the "
+    "feature map (DetectionHead pools the 6^3 ViT grid to 4^3)",
+}
+TASK_BUNDLES = [
+    pytest.param(
+        b, id=b.name, marks=[pytest.mark.xfail(reason=NO_ONNX[b.name], strict=True)] if b.name in NO_ONNX else []
+    )
+    for b in BUNDLES
+    if not b.name.startswith("frepa_pretrain")
+]
+
+
+@pytest.mark.parametrize("bundle", TASK_BUNDLES)
+def test_onnx_export(bundle, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[test]' brings it)")
     from monai.bundle import onnx_export
 
-    root, net, input_shape = prepared(REPO / "bundles" / "frepa_classification_2d", tmp_path)
+    root, net, input_shape = prepared(bundle, tmp_path)
     onnx_file = root / "models" / "model.onnx"
     onnx_export(
         net_id="network_def",
