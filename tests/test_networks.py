@@ -480,3 +480,14 @@ def test_frequency_disentangled_net_segments_with_two_branches():
     copied = FrequencyDisentangledNet(unet(), None, spatial_dims=3)
     a, b = next(copied.backbone_low.parameters()), next(copied.backbone_high.parameters())
     assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_sinusoidal_embedding_2d_equals_monai_values():
+    """Our plain-tensor 2D embedding (exportable) has exactly the values of MONAI's build_sincos_position_embedding."""
+    from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+
+    from frepa_monai.networks import sinusoidal_embedding_2d
+
+    ours = sinusoidal_embedding_2d(3, 5, 16)
+    assert ours.shape == (1, 15, 16) and not isinstance(ours, torch.nn.Parameter)
+    assert torch.equal(ours, build_sincos_position_embedding([3, 5], 16, spatial_dims=2).data)

@@ -39,7 +39,7 @@ from frepa_monai.networks.heads import (
     SegmentationHead,
     giou_loss,
 )
-from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_embedding_1d
+from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_embedding_1d, sinusoidal_embedding_2d
 
 __all__ = [
     "ENCODER_MODES",
@@ -76,4 +76,5 @@ __all__ = [
     "read_encoder_checkpoint",
     "save_encoder_checkpoint",
     "sinusoidal_embedding_1d",
+    "sinusoidal_embedding_2d",
 ]

@@ -7,11 +7,10 @@ import math
 import torch
 import torch.nn as nn
 from monai.networks.blocks import TransformerBlock
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
 from frepa_monai.networks.encoders import freeze_unused_cross_attention_norms
 
-__all__ = ["SliceTransformer", "sinusoidal_embedding_1d"]
+__all__ = ["SliceTransformer", "sinusoidal_embedding_1d", "sinusoidal_embedding_2d"]
 
 
 def sinusoidal_embedding_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -21,6 +20,23 @@ def sinusoidal_embedding_1d(length: int, dim: int, temperature: float = 10000.0)
     position = torch.arange(length, dtype=torch.float32)[:, None]
     omega = torch.exp(-math.log(temperature) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     return torch.cat([torch.sin(position * omega), torch.cos(position * omega)], dim=1)[None]
+
+
+def sinusoidal_embedding_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sinusoidal position embedding of a ``height x width`` grid, ``(1, height * width, dim)``.
+
+    The values of MONAI's ``build_sincos_position_embedding(..., spatial_dims=2)`` (``[sin w, cos w, sin h, cos h]``,
+    ``dim / 4`` frequencies each), as a plain tensor: that function returns an ``nn.Parameter``, and creating one
+    (or reading ``.data``) in ``forward`` makes ``torch.export`` / ONNX export fail on a lifted fake constant.
+    """
+    if dim % 4:
+        raise ValueError(f"the embedding dimension must be divisible by 4, got {dim}.")
+    grid_h, grid_w = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    out_h, out_w = grid_h.flatten()[:, None] * omega, grid_w.flatten()[:, None] * omega
+    return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
 
 
 class SliceTransformer(nn.Module):
@@ -131,7 +147,7 @@ class SliceTransformer(nn.Module):
         e = self.encode_slices(x)  # (B*D, F_e, h, w)
         gh, gw = e.shape[2:]
         tokens = self.proj(e.flatten(2).transpose(1, 2))  # (B*D, h*w, n)
-        p_intra = build_sincos_position_embedding([gh, gw], self.hidden_size, spatial_dims=2).data.to(tokens)
+        p_intra = sinusoidal_embedding_2d(gh, gw, self.hidden_size).to(tokens)
         p_inter = sinusoidal_embedding_1d(d, self.hidden_size).to(tokens)
         n = self.hidden_size
         for intra, inter in zip(self.intra_blocks, self.inter_blocks):
