@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-from run_folds import ENCODER_MODES, _fmt, _json_safe, bundle_path, parse_override, summarise
+from run_folds import ENCODER_MODES, _fmt, _json_safe, add_overrides_argument, bundle_path, summarise
 
 DOWNSTREAM = (
     "frepa_vessel_segmentation_2d",
@@ -73,15 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--encoders", nargs="+", choices=ENCODER_MODES, default=["pretrained", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="the bundles' seed (data split, init)")
     parser.add_argument("--work_dir", default="eval/compare_encoders", help="run folders and the comparison")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        type=parse_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every run, repeatable: --set preset=cpu --set cpu_settings#max_epochs=2",
-    )
+    add_overrides_argument(parser)
     args = parser.parse_args(argv)
     overrides = dict(args.overrides)
     work_dir = Path(args.work_dir).resolve()

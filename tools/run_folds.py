@@ -59,6 +59,19 @@ def parse_override(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE``, repeatable, into ``args.overrides``: ``(key, value)`` pairs (see :func:`parse_override`)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every workflow, repeatable: --set preset=cpu --set cpu_settings#max_epochs=2",
+    )
+
+
 def parse_folds(text: str) -> list[int]:
     try:
         folds = [int(f) for f in text.split(",") if f.strip()]
@@ -165,15 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--folds", type=parse_folds, default=None, help="subset of folds, e.g. 0,2 (default: all)")
     parser.add_argument("--work_dir", default=None, help="fold folders and summary (default: <bundle>/eval/folds)")
     parser.add_argument("--encoder", choices=ENCODER_MODES, default=None, help="default: the bundle's (pretrained)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        type=parse_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every workflow, repeatable: --set preset=cpu --set cpu_settings#max_epochs=2",
-    )
+    add_overrides_argument(parser)
     args = parser.parse_args(argv)
 
     from monai.bundle import ConfigParser
