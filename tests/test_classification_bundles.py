@@ -14,6 +14,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,28 @@ def test_run_folds(tmp_path, capsys):
     for k in (0, 1):
         tested.append({subject[f] for f in _predictions(work / f"fold_{k}" / "eval" / "test_predictions.csv")})
     assert not tested[0] & tested[1] and len(tested[0] | tested[1]) == 5
+
+
+def test_compare_encoders(tmp_path):
+    """tools/compare_encoders.py: one run per encoder mode in its own folder; the table holds each run's test
+    metrics and their difference."""
+    spec = importlib.util.spec_from_file_location("compare_encoders", REPO / "tools" / "compare_encoders.py")
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        compare = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(compare)
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    ckpt = encoder_checkpoint(tmp_path / "encoder.pt", "vit_tiny", 2, 4, SIZE[2], seed=7)
+    work = tmp_path / "compare"
+    sets = ["preset=cpu", "mlflow=false", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
+    sets += [f"encoder_checkpoint={ckpt}", "train_datalist=$@datalist['training'][::3]"]
+    argv = ["--bundles", "frepa_classification_2d", "--encoders", "pretrained", "none", "--work_dir", str(work)]
+    result = compare.main(argv + [a for s in sets for a in ("--set", s)])
+    runs = result["runs"]["frepa_classification_2d"]
+    for mode in ("pretrained", "none"):
+        csv = _metrics(work / "frepa_classification_2d" / f"{mode}_seed0" / "eval" / "metrics.csv")
+        assert runs[mode]["0"] == csv and set(csv) == {"val_acc", "val_auc"}
+        assert result["summary"]["frepa_classification_2d"]["val_acc"][mode]["mean"] == pytest.approx(csv["val_acc"])
+    table = (work / "comparison.md").read_text()
+    assert "| frepa_classification_2d | val_acc |" in table and json.loads((work / "comparison.json").read_text())
