@@ -54,3 +54,13 @@ def encoder_checkpoint(path: Path, name: str, spatial_dims: int, in_channels: in
     torch.manual_seed(seed)
     save_encoder_checkpoint(path, build_encoder(name, spatial_dims, in_channels, img_size))
     return path
+
+
+def error_messages(error: BaseException | None) -> str:
+    """``"<type>: <message>"`` of an exception and of every exception it was raised from, one per line (MONAI wraps
+    errors raised inside transforms and workflows, so the file-naming message can sit deep in the chain)."""
+    text = []
+    while error is not None:
+        text.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(text)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import REPO, bundle_copy, encoder_checkpoint, workflow
+from bundle_helpers import REPO, bundle_copy, encoder_checkpoint, error_messages, workflow
 from monai.bundle import ConfigParser
 
 from frepa_monai.data import tumour_classification_datalist
@@ -50,14 +50,6 @@ def small(dims: int, checkpoint: Path | None, **override) -> dict:
     if checkpoint is not None:
         out["encoder_checkpoint"] = str(checkpoint)
     return {**out, **override}
-
-
-def _messages(error: BaseException | None) -> str:
-    text = []
-    while error is not None:
-        text.append(f"{type(error).__name__}: {error}")
-        error = error.__cause__ or error.__context__
-    return "\n".join(text)
 
 
 def _predictions(path: Path) -> dict[str, list[float]]:
@@ -187,13 +179,13 @@ def test_missing_encoder_checkpoint_and_bad_label(tmp_path, monkeypatch):
     with pytest.raises(Exception) as error:
         wf = workflow(root, ["train.json"], **small(2, None))
         wf.run()
-    text = _messages(error.value)
+    text = error_messages(error.value)
     assert "FileNotFoundError" in text and str(tmp_path / "frepa_pretrain_2d" / "models" / "encoder.pt") in text
 
     item = dict(tumour_classification_datalist(2)["training"][0], label=2)
     with pytest.raises(Exception) as error:
         workflow(root, ["train.json"], **small(2, None, train_datalist=[item], encoder="none"))
-    text = _messages(error.value)
+    text = error_messages(error.value)
     assert item["image"] in text and "holds classes [2]" in text
 
 

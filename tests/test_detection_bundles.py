@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_copy, encoder_checkpoint, workflow
+from bundle_helpers import bundle_copy, encoder_checkpoint, error_messages, workflow
 from monai.transforms import LoadImage
 
 from frepa_monai.data import SAMPLE_DIR, load_index, tumour_detection_datalist
@@ -44,14 +44,6 @@ def small(name: str, checkpoint: Path | None = None, **override) -> dict:
 
 def infer_small(name: str, **override) -> dict:
     return {"preset": "cpu", "cpu_settings#image_size": SIZE[name], **override}
-
-
-def _messages(error: BaseException) -> str:
-    text = []
-    while error is not None:
-        text.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(text)
 
 
 def _check_metric(name: str, value: float) -> None:
@@ -265,7 +257,7 @@ def test_bad_label_raises_naming_the_file(tmp_path, kind, reason):
     with pytest.raises(Exception) as info:
         wf = workflow(root, ["train.json"], **small(name, encoder="random", train_datalist=items, val_datalist=items))
         wf.run()
-    chain = _messages(info.value)
+    chain = error_messages(info.value)
     assert f"bad_{kind}_label.nii.gz" in chain and reason in chain
 
 
@@ -283,7 +275,7 @@ def test_encoder_modes_and_folds(tmp_path, monkeypatch):
         causes.append(error)
         error = error.__cause__
     assert any(isinstance(e, FileNotFoundError) and "--encoder random" in str(e) for e in causes)
-    assert str(tmp_path / "frepa_pretrain_3d" / "models" / "encoder.pt") in _messages(info.value)
+    assert str(tmp_path / "frepa_pretrain_3d" / "models" / "encoder.pt") in error_messages(info.value)
     none = workflow(root, ["train.json"], mlflow=False, preset="cpu", encoder="none").parser
     assert isinstance(none.get_parsed_content("network").encoder, PatchifyEncoder)
     random = workflow(root, ["train.json"], mlflow=False, preset="cpu", encoder="random").parser

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO, bundle_copy, workflow
+from bundle_helpers import REPO, bundle_copy, error_messages, workflow
 from monai.bundle import ConfigWorkflow
 
 from frepa_monai.data import pretrain_2d_datalist, pretrain_3d_datalist
@@ -160,7 +160,7 @@ def test_training_on_a_folder_of_the_users_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception) as info:
         train(root, name, data_dir=str(tmp_path / "empty"), **small)
-    assert "no image files" in _messages(info.value) and "empty" in _messages(info.value)
+    assert "no image files" in error_messages(info.value) and "empty" in error_messages(info.value)
 
 
 def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
@@ -170,16 +170,8 @@ def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
     wf = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])  # vit_tiny
     with pytest.raises(Exception) as info:
         wf.run()
-    chain = _messages(info.value)
+    chain = error_messages(info.value)
     assert "model.pt" in chain and "another network architecture" in chain
-
-
-def _messages(error: BaseException) -> str:
-    text = []
-    while error is not None:
-        text.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(text)
 
 
 def test_corrupt_or_nan_volume_gives_an_error_naming_the_file(tmp_path):
@@ -196,7 +188,7 @@ def test_corrupt_or_nan_volume_gives_an_error_naming_the_file(tmp_path):
         items = f"$[{{'image': '{bad}', 'window': 'none'}}]"
         with pytest.raises(Exception) as info:
             train(root, name, train_datalist=items, val_datalist=items)
-        chain = _messages(info.value)
+        chain = error_messages(info.value)
         assert bad.name in chain and reason in chain
 
 

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_copy, encoder_checkpoint, run, workflow
+from bundle_helpers import bundle_copy, encoder_checkpoint, error_messages, run, workflow
 from PIL import Image
 
 from frepa_monai.data import brain_region_segmentation_datalist, vessel_segmentation_datalist
@@ -103,15 +103,6 @@ def _assert_encoder_is_checkpoint(network: torch.nn.Module, ckpt: Path) -> None:
     assert set(state) == set(weights)
     for key, value in weights.items():
         assert torch.equal(state[key].cpu(), value), f"encoder tensor {key} changed during training"
-
-
-def _chain(excinfo) -> str:
-    """Messages of an exception and of every exception it was raised from (MONAI wraps transform errors)."""
-    messages, exc = [], excinfo.value
-    while exc is not None:
-        messages.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(messages)
 
 
 @pytest.mark.parametrize("name", [V2D, S3D])
@@ -202,7 +193,7 @@ def test_bad_labels_stop_with_the_file_named(tmp_path, name, brains):
         datalist = {"training": [item], "validation": [item], "test": [item]}
         with pytest.raises(Exception) as excinfo:
             run(root, ["train.json"], **{**small, "datalist": datalist})
-        chain = _chain(excinfo)
+        chain = error_messages(excinfo.value)
         assert item["label"] in chain and reasons[kind] in chain, chain[-2000:]
 
 
@@ -278,7 +269,7 @@ def test_missing_pretrained_encoder_is_a_clear_error(tmp_path, monkeypatch):
     small = {k: v for k, v in SMALL[V2D].items()}
     with pytest.raises(Exception) as excinfo:
         run(root, ["train.json"], **small)
-    chain = _chain(excinfo)
+    chain = error_messages(excinfo.value)
     assert str(tmp_path / "frepa_pretrain_2d" / "models" / "encoder.pt") in chain and "--encoder random" in chain
 
 

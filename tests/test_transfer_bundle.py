@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_copy, encoder_checkpoint, run, workflow
+from bundle_helpers import bundle_copy, encoder_checkpoint, error_messages, run, workflow
 
 from frepa_monai.data import brain_region_segmentation_datalist, tumour_classification_datalist
 from frepa_monai.networks import PatchifyEncoder, SliceTransformer
@@ -102,15 +102,6 @@ def _mean_dice(seg: np.ndarray, label: np.ndarray, num_classes: int = 6) -> floa
         if g.any():
             scores.append(2.0 * (p & g).sum() / (p.sum() + g.sum()))
     return float(np.mean(scores))
-
-
-def _chain(excinfo) -> str:
-    """Messages of an exception and of every exception it was raised from (MONAI wraps transform errors)."""
-    messages, exc = [], excinfo.value
-    while exc is not None:
-        messages.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(messages)
 
 
 def test_segmentation_train_evaluate_inference(tmp_path, coarse_brain):
@@ -205,7 +196,7 @@ def test_label_with_an_undeclared_class_names_the_file(tmp_path):
     datalist = {"training": [{**item, "label": str(bad)}], "validation": [], "test": []}
     with pytest.raises(Exception) as excinfo:
         run(root, ["train.json"], **{**small, "datalist": datalist})
-    chain = _chain(excinfo)
+    chain = error_messages(excinfo.value)
     assert str(bad) in chain and "does not declare" in chain, chain[-2000:]
 
 
@@ -238,9 +229,9 @@ def test_missing_pretrained_encoder_and_unknown_task_are_clear_errors(tmp_path, 
     monkeypatch.chdir(tmp_path)  # neither the bundle's sibling nor ./bundles holds a pretrained encoder
     with pytest.raises(Exception) as excinfo:
         run(root, ["train.json"], **SMALL)
-    chain = _chain(excinfo)
+    chain = error_messages(excinfo.value)
     assert str(tmp_path / "frepa_pretrain_2d" / "models" / "encoder.pt") in chain and "--encoder random" in chain
     with pytest.raises(Exception) as excinfo:
         run(root, ["train.json"], **{**SMALL, "encoder": "random", "task": "segmentaton"})
-    chain = _chain(excinfo)
+    chain = error_messages(excinfo.value)
     assert "segmentaton" in chain and "classification" in chain, chain[-2000:]
