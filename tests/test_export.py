@@ -47,6 +47,21 @@ def prepared(bundle: Path, tmp_path: Path, seed: int = 0) -> tuple[Path, torch.n
     return root, net, [1, image["num_channels"], *resolved(shape, any_)]
 
 
+def export_args(root: Path, input_shape: list[int]) -> dict:
+    """Arguments of MONAI's ``ckpt_export`` / ``onnx_export`` for the prepared copy ``root``: its inference
+    network at the CPU preset, traced with ``input_shape``."""
+    return {
+        "net_id": "network_def",
+        "ckpt_file": str(root / "models" / "model.pt"),
+        "meta_file": str(root / "configs" / "metadata.json"),
+        "config_file": str(root / "configs" / "inference.json"),
+        "use_trace": True,
+        "input_shape": input_shape,
+        "bundle_root": str(root),
+        "preset": "cpu",
+    }
+
+
 def real_input(root: Path, input_shape: list[int]) -> torch.Tensor:
     """The first image of the bundle's default inference datalist through its inference ``preprocessing``,
     centre-cropped / zero-padded to the network's input size: ``(1, C, *spatial)``."""
@@ -63,17 +78,7 @@ def real_input(root: Path, input_shape: list[int]) -> torch.Tensor:
 def test_torchscript_export(bundle, tmp_path):
     root, net, input_shape = prepared(bundle, tmp_path)
     ts_file = root / "models" / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts_file),
-        ckpt_file=str(root / "models" / "model.pt"),
-        meta_file=str(root / "configs" / "metadata.json"),
-        config_file=str(root / "configs" / "inference.json"),
-        use_trace=True,
-        input_shape=input_shape,
-        bundle_root=str(root),
-        preset="cpu",
-    )
+    ckpt_export(filepath=str(ts_file), **export_args(root, input_shape))
     ts, ts_meta, extra = load_net_with_metadata(str(ts_file), more_extra_files=["inference.json"])
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     assert ts_meta["version"] == meta["version"] and ts_meta["network_data_format"] == meta["network_data_format"]
@@ -142,17 +147,7 @@ def test_onnx_export(bundle, tmp_path):
 
     root, net, input_shape = prepared(bundle, tmp_path)
     onnx_file = root / "models" / "model.onnx"
-    onnx_export(
-        net_id="network_def",
-        filepath=str(onnx_file),
-        ckpt_file=str(root / "models" / "model.pt"),
-        meta_file=str(root / "configs" / "metadata.json"),
-        config_file=str(root / "configs" / "inference.json"),
-        use_trace=True,
-        input_shape=input_shape,
-        bundle_root=str(root),
-        preset="cpu",
-    )
+    onnx_export(filepath=str(onnx_file), **export_args(root, input_shape))
     onnx.checker.check_model(onnx.load(str(onnx_file)))
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: the ONNX model is not run")
     x = real_input(root, input_shape)

@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-from run_folds import ENCODER_MODES, _fmt, _json_safe, add_overrides_argument, bundle_path, summarise
+from run_folds import ENCODER_MODES, _fmt, add_overrides_argument, bundle_path, summarise, write_report
 
 DOWNSTREAM = (
     "frepa_vessel_segmentation_2d",
@@ -106,12 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             for n in names
         }
     result = {"encoders": args.encoders, "seeds": args.seeds, "overrides": overrides, "runs": runs, "summary": summary}
-    text = markdown(result)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "comparison.md").write_text(text)
-    (work_dir / "comparison.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    print(text)
-    print(f"written: {work_dir / 'comparison.md'}, {work_dir / 'comparison.json'}")
+    write_report(work_dir / "comparison", markdown(result), result)
     return result
 
 

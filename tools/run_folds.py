@@ -141,6 +141,15 @@ def _json_safe(obj):
     return obj
 
 
+def write_report(stem: Path, text: str, result: dict) -> None:
+    """Write ``text`` to ``<stem>.md`` and ``result`` to ``<stem>.json`` (NaN as null), print both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    print(text)
+    print(f"written: {stem.with_suffix('.md')}, {stem.with_suffix('.json')}")
+
+
 def train_and_evaluate(bundle: Path, root: Path, override: dict) -> dict[str, float]:
     """Run ``bundle``'s train.json, then train.json + evaluate.json, in this process with ``bundle_root=root`` and
     ``override``; return the test metrics that evaluate.json wrote to ``root/eval/metrics.csv``."""
@@ -231,11 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_fold": per_fold,
         "summary": {n: summarise([m.get(n, math.nan) for m in per_fold.values()]) for n in names},
     }
-    text = markdown(result)
-    (work_dir / "cv_summary.md").write_text(text)
-    (work_dir / "cv_summary.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    print(text)
-    print(f"written: {work_dir / 'cv_summary.md'}, {work_dir / 'cv_summary.json'}")
+    write_report(work_dir / "cv_summary", markdown(result), result)
     return result
 
 
