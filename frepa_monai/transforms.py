@@ -31,7 +31,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
     Transform,
 )
-from monai.utils import MAX_SEED, TransformBackends, convert_to_dst_type, convert_to_tensor
+from monai.utils import MAX_SEED, TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 
 from frepa_monai.frequency import frequency_indices, squared_frequency_distance
 
@@ -1006,9 +1006,7 @@ class MaskToBoxd(MapTransform):
         self, keys: KeysCollection, box_keys: KeysCollection | None = None, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.box_keys = (
-            self.keys if box_keys is None else tuple(box_keys) if not isinstance(box_keys, str) else (box_keys,)
-        )
+        self.box_keys = self.keys if box_keys is None else ensure_tuple(box_keys)
         if len(self.box_keys) != len(self.keys):
             raise ValueError("box_keys must name one output per key.")
         self.to_box = MaskToBox()
@@ -1136,8 +1134,8 @@ class DetectionBoxToOriginald(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
-        self.box_keys = [f"{k}_box" for k in self.keys] if box_keys is None else _as_list(box_keys)
-        self.mask_keys = [f"{k}_box_mask" for k in self.keys] if mask_keys is None else _as_list(mask_keys)
+        self.box_keys = [f"{k}_box" for k in self.keys] if box_keys is None else list(ensure_tuple(box_keys))
+        self.mask_keys = [f"{k}_box_mask" for k in self.keys] if mask_keys is None else list(ensure_tuple(mask_keys))
         if not len(self.box_keys) == len(self.mask_keys) == len(self.keys):
             raise ValueError("box_keys and mask_keys must name one output per key.")
         self.objectness_threshold = objectness_threshold
@@ -1164,10 +1162,6 @@ class DetectionBoxToOriginald(MapTransform):
                 meta["space"] = box["space"]
             d[box_key], d[mask_key] = box, MetaTensor(mask, affine=affine, meta=meta)
         return d
-
-
-def _as_list(keys) -> list:
-    return [keys] if isinstance(keys, str) else list(keys)
 
 
 class SaveBoxJSONd(MapTransform):
