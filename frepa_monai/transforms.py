@@ -33,7 +33,7 @@ from monai.transforms import (
 )
 from monai.utils import MAX_SEED, TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 
-from frepa_monai.frequency import frequency_indices, squared_frequency_distance
+from frepa_monai.frequency import filter_bank, frequency_indices, gaussian_highpass, squared_frequency_distance
 
 __all__ = [
     "FREQUENCY",
@@ -44,6 +44,8 @@ __all__ = [
     "HistogramEqualizedMaskd",
     "HessianFilter",
     "HessianFilterd",
+    "GaussianHighPass",
+    "GaussianHighPassd",
     "FrepaCorruptd",
     "CT_WINDOWS",
     "ScaleIntensityByModalityd",
@@ -729,6 +731,71 @@ class HessianFilterd(MapTransform):
                 d[key] = cat([d[key], ridges], batch_axis)
             else:
                 d[out_key] = ridges
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gaussian high-pass filtering of test images (paper Fig. 1a, spec section 5)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class GaussianHighPass(Transform):
+    """Remove the low frequencies of an image with the Gaussian high-pass ``H(d) = 1 - exp(-d^2 / d_c^2)``.
+
+    ``d`` is the distance of a spectrum coefficient to the centre of the centred spectrum (frequency-index units)
+    and ``d_c = cutoff_ratio * min(spatial size)``; each channel is filtered on its own (one batched real FFT).
+    This is the corruption of the paper's Fig. 1a: a classifier trained on raw images is tested on images whose
+    low frequencies are removed with a growing cut-off.
+
+    Args:
+        cutoff_ratio: ``d_c`` as a fraction of the smallest spatial size (> 0).
+        keep_mean: add each channel's mean back (default), so that only the structure below the cut-off is
+            removed and the intensities stay around the range the network was trained on; ``False`` gives the
+            plain high-pass, whose output has zero mean.
+        spatial_dims: 2 or 3; ``None`` takes ``img.ndim - 1`` (unbatched input).
+
+    ``(C, *spatial)`` or ``(B, C, *spatial)`` in, the same shape, type, dtype and device out.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, cutoff_ratio: float, keep_mean: bool = True, spatial_dims: int | None = None) -> None:
+        if not cutoff_ratio > 0:
+            raise ValueError(f"cutoff_ratio must be positive, got {cutoff_ratio}.")
+        self.cutoff_ratio = float(cutoff_ratio)
+        self.keep_mean = keep_mean
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        x, batched = _as_batch(img, self.spatial_dims, type(self).__name__)
+        spatial = tuple(x.shape[2:])
+        transfer = gaussian_highpass(spatial, self.cutoff_ratio * min(spatial), real=True, device=x.device)
+        out = filter_bank(x, [transfer])[0].to(x.dtype)
+        if self.keep_mean:
+            out = out + x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+        return _restore(out, batched, img)
+
+
+class GaussianHighPassd(MapTransform):
+    """Dictionary twin of :class:`GaussianHighPass` (``keys``: the images to filter; other arguments as there)."""
+
+    backend = GaussianHighPass.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        cutoff_ratio: float,
+        keep_mean: bool = True,
+        spatial_dims: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.filter = GaussianHighPass(cutoff_ratio, keep_mean, spatial_dims)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = _named(key, self.filter, d[key])
         return d
 
 
