@@ -150,33 +150,36 @@ def write_report(stem: Path, text: str, result: dict) -> None:
     print(f"written: {stem.with_suffix('.md')}, {stem.with_suffix('.json')}")
 
 
-def train_and_evaluate(bundle: Path, root: Path, override: dict) -> dict[str, float]:
-    """Run ``bundle``'s train.json, then train.json + evaluate.json, in this process with ``bundle_root=root`` and
-    ``override``; return the test metrics that evaluate.json wrote to ``root/eval/metrics.csv``."""
+def run_workflow(bundle: Path, config_names: list[str], kind: str, override: dict) -> None:
+    """Run one workflow of ``bundle`` in this process: ``config_names`` (e.g. ``["train.json", "evaluate.json"]``,
+    merged in order) from its ``configs/``, ``kind`` ``"train"`` or ``"eval"``, with the config ``override``."""
     from monai.bundle import ConfigWorkflow
 
     configs = bundle / "configs"
+    files = [str(configs / name) for name in config_names]
+    workflow = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type=kind,
+        **override,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def train_and_evaluate(bundle: Path, root: Path, override: dict) -> dict[str, float]:
+    """Run ``bundle``'s train.json, then train.json + evaluate.json, in this process with ``bundle_root=root`` and
+    ``override``; return the test metrics that evaluate.json wrote to ``root/eval/metrics.csv``."""
     override = {**override, "bundle_root": str(root)}
-    for name, files, kind in (
-        ("train", [configs / "train.json"], "train"),
-        ("evaluate", [configs / "train.json", configs / "evaluate.json"], "eval"),
-    ):
-        workflow = ConfigWorkflow(
-            config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]),
-            meta_file=str(configs / "metadata.json"),
-            logging_file=False,
-            workflow_type=kind,
-            **override,
+    run_workflow(bundle, ["train.json"], "train", override)
+    if not (root / "models" / "model.pt").is_file():
+        raise SystemExit(
+            f"training wrote no {root / 'models' / 'model.pt'}: no validation ran "
+            "(val_interval larger than max_epochs?); set e.g. --set cpu_settings#val_interval=1."
         )
-        workflow.initialize()
-        workflow.run()
-        workflow.finalize()
-        del workflow
-        if name == "train" and not (root / "models" / "model.pt").is_file():
-            raise SystemExit(
-                f"training wrote no {root / 'models' / 'model.pt'}: no validation ran "
-                "(val_interval larger than max_epochs?); set e.g. --set cpu_settings#val_interval=1."
-            )
+    run_workflow(bundle, ["train.json", "evaluate.json"], "eval", override)
     return read_metrics(root / "eval" / "metrics.csv")
 
 
