@@ -3,7 +3,10 @@ ConfigWorkflow in-process (as the model zoo's CI does), and write small real enc
 
 from __future__ import annotations
 
+import csv
+import importlib
 import shutil
+import sys
 from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
@@ -11,6 +14,38 @@ from monai.bundle import ConfigWorkflow
 from frepa_monai.networks import build_encoder, save_encoder_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+
+SMALL_RUN = {"mlflow": False, "preset": "cpu", "cpu_settings#max_epochs": 2, "cpu_settings#val_interval": 1}
+"""Overrides every bundle test starts from: the CPU preset, 2 epochs each validated, MLflow off (creating its SQLite
+store takes seconds)."""
+
+
+def small_run(checkpoint: Path | None = None, **override) -> dict:
+    """:data:`SMALL_RUN`, ``encoder_checkpoint`` when ``checkpoint`` is given, then ``override``."""
+    out = dict(SMALL_RUN)
+    if checkpoint is not None:
+        out["encoder_checkpoint"] = str(checkpoint)
+    return {**out, **override}
+
+
+def read_metrics_csv(path: Path) -> dict[str, float]:
+    """A MONAI ``MetricsSaver`` ``metrics.csv``: ``name,value`` per line."""
+    return {k: float(v) for k, v in (line.rsplit(",", 1) for line in path.read_text().splitlines() if line)}
+
+
+def read_predictions_csv(path: Path) -> dict[str, list[float]]:
+    """A MONAI ``ClassificationSaver`` CSV: ``file,p_0,p_1,...`` per line, no header."""
+    return {row[0]: [float(v) for v in row[1:]] for row in csv.reader(path.read_text().splitlines())}
+
+
+def tool_module(name: str):
+    """The module ``tools/<name>.py``, imported by name with ``tools/`` on the path while it loads (the tools
+    import each other by name)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "tools"))
 
 
 def bundle_copy(tmp_path: Path, name: str) -> Path:

@@ -8,18 +8,25 @@ per-image probabilities.
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 import math
 import os
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import REPO, bundle_copy, encoder_checkpoint, error_messages, workflow
+from bundle_helpers import (
+    REPO,
+    bundle_copy,
+    encoder_checkpoint,
+    error_messages,
+    read_metrics_csv,
+    read_predictions_csv,
+    small_run,
+    tool_module,
+    workflow,
+)
 from monai.bundle import ConfigParser
 
 from frepa_monai.data import tumour_classification_datalist
@@ -39,27 +46,7 @@ DATA = {
 
 
 def small(dims: int, checkpoint: Path | None, **override) -> dict:
-    out = {
-        "mlflow": False,
-        "preset": "cpu",
-        "cpu_settings#image_size": SIZE[dims],
-        "cpu_settings#max_epochs": 2,
-        "cpu_settings#val_interval": 1,
-        **DATA[dims],
-    }
-    if checkpoint is not None:
-        out["encoder_checkpoint"] = str(checkpoint)
-    return {**out, **override}
-
-
-def _predictions(path: Path) -> dict[str, list[float]]:
-    """ClassificationSaver CSV: ``file,p_0,p_1`` per line, no header."""
-    rows = list(csv.reader(path.read_text().splitlines()))
-    return {row[0]: [float(v) for v in row[1:]] for row in rows}
-
-
-def _metrics(path: Path) -> dict[str, float]:
-    return {k: float(v) for k, v in (line.rsplit(",", 1) for line in path.read_text().splitlines())}
+    return small_run(checkpoint, **{"cpu_settings#image_size": SIZE[dims], **DATA[dims], **override})
 
 
 def _auc(probs: list[float], labels: list[int]) -> float:
@@ -99,10 +86,10 @@ def test_train_evaluate_inference(tmp_path, name):
     # evaluate.json on the test split: metrics equal what the saved probabilities give by hand
     workflow(root, ["train.json", "evaluate.json"], **small(dims, ckpt)).run()
     out = root / "eval"
-    metrics = _metrics(out / "metrics.csv")
+    metrics = read_metrics_csv(out / "metrics.csv")
     assert set(metrics) == {"val_acc", "val_auc"} and all(0 <= v <= 1 for v in metrics.values())
     test = tumour_classification_datalist(dims)["test"]
-    probs = _predictions(out / "test_predictions.csv")
+    probs = read_predictions_csv(out / "test_predictions.csv")
     assert sorted(probs) == sorted(item["image"] for item in test)
     labels = [item["label"] for item in test]
     p = [probs[item["image"]] for item in test]
@@ -120,7 +107,7 @@ def test_train_evaluate_inference(tmp_path, name):
             os.symlink(item["image"], folder / Path(item["image"]).name)
         infer["input_dir"] = str(folder)
     workflow(root, ["inference.json"], workflow_type="infer", **infer).run()
-    inferred = _predictions(out / "inference" / "predictions.csv")
+    inferred = read_predictions_csv(out / "inference" / "predictions.csv")
     expected = [str(folder / Path(item["image"]).name) for item in test[:2]] if dims == 3 else probs
     assert sorted(inferred) == sorted(expected)
     assert all(len(row) == 2 and abs(sum(row) - 1) < 1e-5 and min(row) >= 0 for row in inferred.values())
@@ -189,15 +176,8 @@ def test_missing_encoder_checkpoint_and_bad_label(tmp_path, monkeypatch):
     assert item["image"] in text and "holds classes [2]" in text
 
 
-def _run_folds_module():
-    spec = importlib.util.spec_from_file_location("run_folds", REPO / "tools" / "run_folds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_run_folds(tmp_path, capsys):
-    run_folds = _run_folds_module()
+    run_folds = tool_module("run_folds")
     with pytest.raises(SystemExit) as done:
         run_folds.main(["--help"])
     assert done.value.code == 0 and "--folds" in capsys.readouterr().out
@@ -214,7 +194,7 @@ def test_run_folds(tmp_path, capsys):
     assert set(summary["metrics"]) == {"val_acc", "val_auc"}
     tested = []
     for name in summary["metrics"]:
-        values = [_metrics(work / f"fold_{k}" / "eval" / "metrics.csv")[name] for k in (0, 1)]
+        values = [read_metrics_csv(work / f"fold_{k}" / "eval" / "metrics.csv")[name] for k in (0, 1)]
         assert [summary["per_fold"][str(k)][name] for k in (0, 1)] == values
         assert summary["summary"][name]["mean"] == pytest.approx(statistics.fmean(values))
         assert summary["summary"][name]["std"] == pytest.approx(statistics.stdev(values))
@@ -223,20 +203,14 @@ def test_run_folds(tmp_path, capsys):
     # each fold tested its own subjects, together all of them
     subject = {item["image"]: item["subject"] for s in tumour_classification_datalist(2).values() for item in s}
     for k in (0, 1):
-        tested.append({subject[f] for f in _predictions(work / f"fold_{k}" / "eval" / "test_predictions.csv")})
+        tested.append({subject[f] for f in read_predictions_csv(work / f"fold_{k}" / "eval" / "test_predictions.csv")})
     assert not tested[0] & tested[1] and len(tested[0] | tested[1]) == 5
 
 
 def test_compare_encoders(tmp_path):
     """tools/compare_encoders.py: one run per encoder mode in its own folder; the table holds each run's test
     metrics and their difference."""
-    spec = importlib.util.spec_from_file_location("compare_encoders", REPO / "tools" / "compare_encoders.py")
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        compare = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(compare)
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    compare = tool_module("compare_encoders")
     ckpt = encoder_checkpoint(tmp_path / "encoder.pt", "vit_tiny", 2, 4, SIZE[2], seed=7)
     work = tmp_path / "compare"
     sets = ["preset=cpu", "mlflow=false", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
@@ -245,7 +219,7 @@ def test_compare_encoders(tmp_path):
     result = compare.main(argv + [a for s in sets for a in ("--set", s)])
     runs = result["runs"]["frepa_classification_2d"]
     for mode in ("pretrained", "none"):
-        csv = _metrics(work / "frepa_classification_2d" / f"{mode}_seed0" / "eval" / "metrics.csv")
+        csv = read_metrics_csv(work / "frepa_classification_2d" / f"{mode}_seed0" / "eval" / "metrics.csv")
         assert runs[mode]["0"] == csv and set(csv) == {"val_acc", "val_auc"}
         assert result["summary"]["frepa_classification_2d"]["val_acc"][mode]["mean"] == pytest.approx(csv["val_acc"])
     table = (work / "comparison.md").read_text()

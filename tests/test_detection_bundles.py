@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_copy, encoder_checkpoint, error_messages, workflow
+from bundle_helpers import bundle_copy, encoder_checkpoint, error_messages, small_run, workflow
 from monai.transforms import LoadImage
 
 from frepa_monai.data import SAMPLE_DIR, load_index, tumour_detection_datalist
@@ -30,16 +30,7 @@ METRICS = {"val_iou", "val_giou", "val_detection_ratio", "val_sensitivity", "val
 
 
 def small(name: str, checkpoint: Path | None = None, **override) -> dict:
-    out = {
-        "mlflow": False,
-        "preset": "cpu",
-        "cpu_settings#image_size": SIZE[name],
-        "cpu_settings#max_epochs": 2,
-        "cpu_settings#val_interval": 1,
-    }
-    if checkpoint is not None:
-        out["encoder_checkpoint"] = str(checkpoint)
-    return {**out, **override}
+    return small_run(checkpoint, **{"cpu_settings#image_size": SIZE[name], **override})
 
 
 def infer_small(name: str, **override) -> dict:

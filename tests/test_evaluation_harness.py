@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bundle_helpers import tool_module
 
 from frepa_monai.metrics import frequency_fidelity
 
@@ -20,23 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tools():
     """The harness modules of ``tools/`` (they import each other by name, so ``tools/`` goes on the path)."""
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import evaluate_frequency
-        import evaluate_highpass
-        import frepa_eval
-        import reproduce
-        import run_ablations
-        import run_folds
-    finally:
-        sys.path.remove(str(REPO / "tools"))
     return argparse.Namespace(
-        eval=frepa_eval,
-        frequency=evaluate_frequency,
-        highpass=evaluate_highpass,
-        ablations=run_ablations,
-        reproduce=reproduce,
-        folds=run_folds,
+        eval=tool_module("frepa_eval"),
+        frequency=tool_module("evaluate_frequency"),
+        highpass=tool_module("evaluate_highpass"),
+        ablations=tool_module("run_ablations"),
+        reproduce=tool_module("reproduce"),
+        folds=tool_module("run_folds"),
     )
 
 

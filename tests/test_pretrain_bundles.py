@@ -20,28 +20,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO, bundle_copy, error_messages, workflow
+from bundle_helpers import REPO, SMALL_RUN, bundle_copy, error_messages, workflow
 from monai.bundle import ConfigWorkflow
 
 from frepa_monai.data import pretrain_2d_datalist, pretrain_3d_datalist
 
-SMALL = {  # MLflow off except where a test checks it: creating its SQLite store takes seconds
+SMALL = {  # SMALL_RUN has MLflow off; a test that checks it turns it on
     "frepa_pretrain_3d": {
-        "mlflow": False,
-        "preset": "cpu",
+        **SMALL_RUN,
         "cpu_settings#patch_size": [32, 32, 32],
         "cpu_settings#num_samples": 1,
-        "cpu_settings#max_epochs": 2,
-        "cpu_settings#val_interval": 1,
         "train_datalist": "$@datalist['training'][:2]",
     },
     "frepa_pretrain_2d": {
-        "mlflow": False,
-        "preset": "cpu",
+        **SMALL_RUN,
         "cpu_settings#image_size": [32, 32],
         "cpu_settings#batch_size": 4,
-        "cpu_settings#max_epochs": 2,
-        "cpu_settings#val_interval": 1,
         "train_datalist": "$@datalist['training'][:8]",
         "val_datalist": "$@datalist['validation'][:2]",
     },

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_copy, encoder_checkpoint, error_messages, run, workflow
+from bundle_helpers import SMALL_RUN, bundle_copy, encoder_checkpoint, error_messages, run, workflow
 from PIL import Image
 
 from frepa_monai.data import brain_region_segmentation_datalist, vessel_segmentation_datalist
@@ -30,26 +30,20 @@ from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet
 V2D, S3D = "frepa_vessel_segmentation_2d", "frepa_segmentation_3d"
 CLASSES_3D = ["frontal", "parietal_occipital", "temporal", "deep_grey_limbic", "cerebellum"]
 ENCODER = {V2D: ("vit_tiny", 2, 4, [64, 64]), S3D: ("vit_tiny", 3, 2, [32, 32, 32])}
-SMALL = {  # MLflow off: creating its SQLite store takes seconds
+SMALL = {
     V2D: {
-        "mlflow": False,
-        "preset": "cpu",
+        **SMALL_RUN,
         "cpu_settings#image_size": [64, 64],
         "cpu_settings#working_size": 128,
         "cpu_settings#num_samples": 2,
-        "cpu_settings#max_epochs": 2,
-        "cpu_settings#val_interval": 1,
         "train_datalist": "$@datalist['training'][:2]",
         "val_datalist": "$@datalist['validation'][:1]",
         "test_datalist": "$@datalist['test'][:2]",
     },
     S3D: {
-        "mlflow": False,
-        "preset": "cpu",
+        **SMALL_RUN,
         "cpu_settings#patch_size": [32, 32, 32],
         "cpu_settings#num_samples": 2,
-        "cpu_settings#max_epochs": 2,
-        "cpu_settings#val_interval": 1,
     },
 }
 INFER_SMALL = {

@@ -9,7 +9,6 @@ brains at 1.5 mm; 4 training crops of 48^3).
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -17,7 +16,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_copy, encoder_checkpoint, error_messages, run, workflow
+from bundle_helpers import (
+    bundle_copy,
+    encoder_checkpoint,
+    error_messages,
+    read_metrics_csv,
+    read_predictions_csv,
+    run,
+    workflow,
+)
 
 from frepa_monai.data import brain_region_segmentation_datalist, tumour_classification_datalist
 from frepa_monai.networks import PatchifyEncoder, SliceTransformer
@@ -85,13 +92,16 @@ def _assert_trains_only_the_transfer_part(wf, network: SliceTransformer, before:
         assert any(not torch.equal(after[k].detach(), v) for k, v in before.items() if k.startswith(part)), part
 
 
-def _metrics(path: Path) -> dict[str, float]:
-    return {k: float(v) for k, v in (line.rsplit(",", 1) for line in path.read_text().splitlines() if line)}
-
-
-def _predictions(path: Path) -> dict[str, list[float]]:
-    """ClassificationSaver CSV: ``file,p_0,p_1`` per line."""
-    return {row[0]: [float(v) for v in row[1:]] for row in csv.reader(path.read_text().splitlines())}
+def _train(root: Path, small: dict):
+    """Run train.json for 2 epochs; return the workflow, its network, the trainable parameters before training,
+    the trainer and the evaluator."""
+    wf = workflow(root, ["train.json"], **small)
+    network = wf.parser.get_parsed_content("network")
+    before = _trainable(network)
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2 and np.isfinite(float(trainer.state.output[0]["loss"]))
+    return wf, network, before, trainer, wf.parser.get_parsed_content("validate#evaluator")
 
 
 def _mean_dice(seg: np.ndarray, label: np.ndarray, num_classes: int = 6) -> float:
@@ -106,13 +116,7 @@ def _mean_dice(seg: np.ndarray, label: np.ndarray, num_classes: int = 6) -> floa
 
 def test_segmentation_train_evaluate_inference(tmp_path, coarse_brain):
     root, ckpt, small = _setup(tmp_path)
-    wf = workflow(root, ["train.json"], **small)
-    network = wf.parser.get_parsed_content("network")
-    before = _trainable(network)
-    wf.run()
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    evaluator = wf.parser.get_parsed_content("validate#evaluator")
-    assert trainer.state.epoch == 2 and np.isfinite(float(trainer.state.output[0]["loss"]))
+    wf, network, before, trainer, evaluator = _train(root, small)
     expected = {"val_mean_dice"} | {f"val_dice_{c}" for c in CLASSES}
     assert set(evaluator.state.metrics) == expected
     assert all(0.0 <= evaluator.state.metrics[k] <= 1.0 for k in expected)
@@ -128,7 +132,7 @@ def test_segmentation_train_evaluate_inference(tmp_path, coarse_brain):
 
     # evaluate.json: the test brain (MNI152), Dice on the label's own grid
     run(root, ["train.json", "evaluate.json"], **small)
-    saved = _metrics(root / "eval" / "metrics.csv")
+    saved = read_metrics_csv(root / "eval" / "metrics.csv")
     assert set(saved) == expected and all(0.0 <= v <= 1.0 for v in saved.values())
 
     # inference.json on the test brain: the label map on the input's grid gives exactly the evaluated Dice
@@ -152,13 +156,7 @@ def test_segmentation_train_evaluate_inference(tmp_path, coarse_brain):
 
 def test_classification_train_evaluate_inference(tmp_path):
     root, ckpt, small = _setup(tmp_path, "classification")
-    wf = workflow(root, ["train.json"], **small)
-    network = wf.parser.get_parsed_content("network")
-    before = _trainable(network)
-    wf.run()
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    evaluator = wf.parser.get_parsed_content("validate#evaluator")
-    assert trainer.state.epoch == 2 and np.isfinite(float(trainer.state.output[0]["loss"]))
+    wf, network, before, trainer, evaluator = _train(root, small)
     # 4 crops of 48^3, resized in-plane to the encoder's 32 x 32, all 48 slices kept
     assert [tuple(item["image"].shape) for item in trainer.state.batch] == [(2, 32, 32, 48)] * 4
     assert set(evaluator.state.metrics) == {"val_acc", "val_auc"}
@@ -169,7 +167,7 @@ def test_classification_train_evaluate_inference(tmp_path):
     # evaluate.json: accuracy and AUC of the test split, equal to what the saved probabilities give
     run(root, ["train.json", "evaluate.json"], **small)
     out = root / "eval"
-    saved, probs = _metrics(out / "metrics.csv"), _predictions(out / "test_predictions.csv")
+    saved, probs = read_metrics_csv(out / "metrics.csv"), read_predictions_csv(out / "test_predictions.csv")
     test_items = tumour_classification_datalist(spatial_dims=3)["test"]
     assert sorted(probs) == sorted(item["image"] for item in test_items)
     assert all(sum(p) == pytest.approx(1.0, abs=1e-5) for p in probs.values())
@@ -178,7 +176,7 @@ def test_classification_train_evaluate_inference(tmp_path):
 
     # inference.json: the same probabilities for the same crops
     run(root, ["inference.json"], "infer", task="classification", **INFER_SMALL)
-    inferred = _predictions(out / "inference" / "predictions.csv")
+    inferred = read_predictions_csv(out / "inference" / "predictions.csv")
     assert sorted(inferred) == sorted(probs)
     for name, p in probs.items():
         np.testing.assert_allclose(inferred[name], p, atol=1e-5)
