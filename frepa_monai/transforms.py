@@ -38,6 +38,10 @@ from frepa_monai.frequency import filter_bank, frequency_indices, gaussian_highp
 __all__ = [
     "FREQUENCY",
     "IMAGE",
+    "PAPER_SIZE",
+    "size_ratio",
+    "scale_patch_size",
+    "scale_sigma_ratio",
     "FrequencyDualMask",
     "FrequencyDualMaskd",
     "HistogramEqualizedMask",
@@ -69,6 +73,43 @@ IMAGE = 1
 NOISE_FLOOR = 1e-3
 """Low-frequency perturbation skips coefficients where the noise's standard deviation is below
 ``NOISE_FLOOR * sigma`` (``d > 2.63 d_c``): they would carry under 1e-5 of the noise energy (2D and 3D)."""
+
+PAPER_SIZE = {2: 512, 3: 128}
+"""The paper's working image size per number of spatial dims (paper 4: 2D images resized to 512 x 512, 3D crops of
+128^3). The corruption sizes of the paper (spectrum patches of 16, image patches of 32 / 16, ``sigma = 0.002
+max|f|``) are given at this size; at other sizes they are scaled (see :func:`scale_patch_size` and
+:func:`scale_sigma_ratio`) unless ``literal_sizes=True``."""
+
+
+def size_ratio(spatial: Sequence[int]) -> float:
+    """``min(spatial) / PAPER_SIZE[len(spatial)]``: how large an image is against the paper's working size."""
+    if len(spatial) not in PAPER_SIZE:
+        raise ValueError(f"expected 2 or 3 spatial dims, got the spatial shape {tuple(spatial)}.")
+    return min(int(s) for s in spatial) / PAPER_SIZE[len(spatial)]
+
+
+def scale_patch_size(patch_size: int, spatial: Sequence[int]) -> int:
+    """A patch side given at the paper's working size, at the image size ``spatial`` (at least 1).
+
+    The patch then covers the same share of the image (image patches) or of the spectrum (spectrum patches: a
+    spectrum of ``n`` coefficients per axis spans frequencies ``-n/2 .. n/2``, so a patch of ``16 n / 512`` index
+    units tiles it into the same ``32 x 32`` grid as the paper's 16 at 512), and the masking probability of each
+    patch, which depends on ``d / d_c`` with ``d_c = cutoff_ratio * min(size)``, is the paper's.
+    """
+    return max(1, round(patch_size * size_ratio(spatial)))
+
+
+def scale_sigma_ratio(sigma_ratio: float, spatial: Sequence[int]) -> float:
+    """``sigma_ratio`` of Eq. 3 at the image size ``spatial``, keeping the paper's image-domain perturbation RMSE.
+
+    The noise ``delta_k = N(0, sigma^2) exp(-d^2 / d_c^2)`` with ``sigma = sigma_ratio max|f|`` (``max|f|`` = DC =
+    ``N mean(x)`` for a non-negative image of ``N`` pixels) perturbs the image by an RMSE of
+    ``sqrt(sum_k E|delta_k|^2) / N = sigma_ratio mean(x) sqrt(sum_k exp(-2 d_k^2 / d_c^2))``, and the sum is
+    ``(pi / 2)^(n / 2) d_c^n`` for ``n`` spatial dims (``d_c >> 1``): at a fixed ``sigma_ratio`` the RMSE grows as
+    ``min(size)^(n / 2)``, 4x weaker at 128 px than at 512 in 2D. Dividing by ``size_ratio^(n / 2)`` keeps it.
+    """
+    return sigma_ratio * size_ratio(spatial) ** (-len(spatial) / 2)
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -229,14 +270,22 @@ class FrequencyDualMask(_TorchSeeded):
     transform uses ``rfftn`` / ``irfftn``, one forward and one inverse transform per call. All channels of an
     image share one mask and one noise draw.
 
+    Sizes: ``patch_size`` and ``sigma_ratio`` are the paper's values at its working size :data:`PAPER_SIZE` (512
+    in 2D, 128 in 3D). At another image size they are scaled (:func:`scale_patch_size`,
+    :func:`scale_sigma_ratio`), so that the corruption masks the same share of each frequency band and perturbs
+    the image with the same RMSE; ``literal_sizes=True`` takes them as given, in index units of this image (at
+    128 px that leaves an 8 x 8 patch grid whose patches next to DC are masked with ``p`` of about 0.17, against
+    0.011 at 512, and a perturbation 4x weaker). ``d_c = cutoff_ratio * min(size)`` scales either way.
+
     Args:
-        patch_size: side of the spectrum patches (frequency index units).
+        patch_size: side of the spectrum patches (frequency index units at the paper's working size).
         cutoff_ratio: ``d_c / min(spatial size)`` of Eq. 2 and 3.
-        sigma_ratio: ``sigma / max|f|`` of Eq. 3.
+        sigma_ratio: ``sigma / max|f|`` of Eq. 3 at the paper's working size.
         high_freq_mask: apply high-frequency masking (``False``: the "w/o HM" ablation).
         low_freq_perturb: apply low-frequency perturbation (``False``: the "w/o LP" ablation).
         spatial_dims: 2 or 3; ``None`` takes ``img.ndim - 1`` (unbatched input).
         prob: probability of corrupting at all (per call).
+        literal_sizes: use ``patch_size`` and ``sigma_ratio`` as given at every image size.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -250,6 +299,7 @@ class FrequencyDualMask(_TorchSeeded):
         low_freq_perturb: bool = True,
         spatial_dims: int | None = None,
         prob: float = 1.0,
+        literal_sizes: bool = False,
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         if patch_size < 1 or cutoff_ratio <= 0 or sigma_ratio < 0:
@@ -263,6 +313,13 @@ class FrequencyDualMask(_TorchSeeded):
         self.high_freq_mask = high_freq_mask
         self.low_freq_perturb = low_freq_perturb
         self.spatial_dims = spatial_dims
+        self.literal_sizes = literal_sizes
+
+    def sizes_at(self, spatial: Sequence[int]) -> tuple[int, float]:
+        """The spectrum patch side and ``sigma_ratio`` used on images of spatial size ``spatial``."""
+        if self.literal_sizes:
+            return self.patch_size, self.sigma_ratio
+        return scale_patch_size(self.patch_size, spatial), scale_sigma_ratio(self.sigma_ratio, spatial)
 
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
         """Corrupt ``img`` of shape ``(C, *spatial)`` or ``(B, C, *spatial)``; returns the same shape."""
@@ -277,12 +334,13 @@ class FrequencyDualMask(_TorchSeeded):
         """Corrupt a float batch ``(B, C, *spatial)`` with the given generator; returns a new tensor."""
         spatial = tuple(x.shape[2:])
         dims = tuple(range(2, x.ndim))
-        plan = _spectrum_plan(spatial, self.patch_size, self.cutoff_ratio * min(spatial), x.device)
+        patch_size, sigma_ratio = self.sizes_at(spatial)
+        plan = _spectrum_plan(spatial, patch_size, self.cutoff_ratio * min(spatial), x.device)
         spectrum = torch.fft.rfftn(x, dim=dims)  # (B, C, *half); all channels share mask and noise
         if self.high_freq_mask:
             spectrum.masked_fill_(self.high_frequency_mask(x.shape[0], plan, generator)[:, None], 0)
-        if self.low_freq_perturb and self.sigma_ratio > 0:
-            sigma = self.sigma_ratio * _spectrum_peak(x, spectrum)
+        if self.low_freq_perturb and sigma_ratio > 0:
+            sigma = sigma_ratio * _spectrum_peak(x, spectrum)
             self.perturb_(spectrum, sigma, plan, generator)
         return torch.fft.irfftn(spectrum, s=spatial, dim=dims)
 
@@ -370,7 +428,9 @@ def _named(key: Hashable, transform, img, *args, **kwargs):
 class HistogramEqualizedMask(_TorchSeeded):
     """Histogram-equalized image-domain masking (paper 3.1.2, Eq. 4 and 13).
 
-    The image is tiled with ``patch_size`` patches (32 in 2D, 16 in 3D by default; edge patches may be
+    The image is tiled with ``patch_size`` patches (the paper's 32 in 2D, 16 in 3D at its working size
+    :data:`PAPER_SIZE`, scaled to the image size by :func:`scale_patch_size` unless ``literal_sizes=True``: 8 px
+    at 128 x 128, so that the masked patches are as large against the image as in the paper; edge patches may be
     partial); ``round(mask_ratio * number of patches)`` of them are chosen uniformly and each is replaced by
     Gaussian noise with that patch's own mean and standard deviation, per channel. The noise is
     standardised per patch, so a masked patch keeps its mean and standard deviation exactly (a constant
@@ -378,11 +438,12 @@ class HistogramEqualizedMask(_TorchSeeded):
     channels stays grey). All other pixels are left bit-identical.
 
     Args:
-        patch_size: patch side in pixels; ``None`` picks 32 for 2D and 16 for 3D images.
+        patch_size: patch side in pixels at the paper's working size; ``None`` picks 32 for 2D and 16 for 3D.
         mask_ratio: fraction of patches to mask.
         fill: ``"histogram"`` (Eq. 4) or ``"zero"`` (zero-patch masking, the "w/o IM" ablation).
         spatial_dims: 2 or 3; ``None`` takes ``img.ndim - 1`` (unbatched input).
         prob: probability of corrupting at all (per call).
+        literal_sizes: use ``patch_size`` as pixels at every image size.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -394,6 +455,7 @@ class HistogramEqualizedMask(_TorchSeeded):
         fill: str = "histogram",
         spatial_dims: int | None = None,
         prob: float = 1.0,
+        literal_sizes: bool = False,
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         if fill not in ("histogram", "zero"):
@@ -406,6 +468,12 @@ class HistogramEqualizedMask(_TorchSeeded):
         self.mask_ratio = float(mask_ratio)
         self.fill = fill
         self.spatial_dims = spatial_dims
+        self.literal_sizes = literal_sizes
+
+    def patch_size_at(self, spatial: Sequence[int]) -> int:
+        """The patch side in pixels used on images of spatial size ``spatial``."""
+        size = self.patch_size or (32 if len(spatial) == 2 else 16)
+        return size if self.literal_sizes else scale_patch_size(size, spatial)
 
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
         """Mask ``img`` of shape ``(C, *spatial)`` or ``(B, C, *spatial)``; returns the same shape."""
@@ -426,7 +494,7 @@ class HistogramEqualizedMask(_TorchSeeded):
         """Mask a float batch ``(B, C, *spatial)``; returns the new batch and its pixel mask ``(B, 1, *spatial)``."""
         batch, channels, *spatial = x.shape
         nd = len(spatial)
-        ps = self.patch_size or (32 if nd == 2 else 16)
+        ps = self.patch_size_at(spatial)
         grid = [math.ceil(s / ps) for s in spatial]
         pad = [v for p, s in zip(reversed(grid), reversed(spatial)) for v in (0, p * ps - s)]
         out = F.pad(x, pad) if any(pad) else x.clone()  # a copy to write the noise into
@@ -825,6 +893,8 @@ class FrepaCorruptd(_TorchSeeded, MapTransform):
         high_freq_mask, low_freq_perturb, cutoff_ratio, sigma_ratio, frequency_patch_size: see
             :class:`FrequencyDualMask`.
         mask_ratio, image_patch_size: see :class:`HistogramEqualizedMask`.
+        literal_sizes: take the patch sizes and ``sigma_ratio`` as given at every image size instead of
+            scaling them from the paper's working size (see :class:`FrequencyDualMask`).
         use_hessian, sigmas: compute the Hessian channel and its scales.
         spatial_dims: 2 or 3; required for batched input.
         mask_key, strategy_key, hessian_key: output key names.
@@ -845,6 +915,7 @@ class FrepaCorruptd(_TorchSeeded, MapTransform):
         frequency_patch_size: int = 16,
         mask_ratio: float = 0.7,
         image_patch_size: int | None = None,
+        literal_sizes: bool = False,
         use_hessian: bool = True,
         sigmas: Sequence[float] = (1.0, 2.0, 3.0),
         spatial_dims: int | None = None,
@@ -864,9 +935,15 @@ class FrepaCorruptd(_TorchSeeded, MapTransform):
         self.prob_frequency = prob_frequency if (frequency_mask and image_mask) else float(frequency_mask)
         self.spatial_dims = spatial_dims
         self.frequency = FrequencyDualMask(
-            frequency_patch_size, cutoff_ratio, sigma_ratio, high_freq_mask, low_freq_perturb, spatial_dims
+            frequency_patch_size,
+            cutoff_ratio,
+            sigma_ratio,
+            high_freq_mask,
+            low_freq_perturb,
+            spatial_dims,
+            literal_sizes=literal_sizes,
         )
-        self.image = HistogramEqualizedMask(image_patch_size, mask_ratio, fill, spatial_dims)
+        self.image = HistogramEqualizedMask(image_patch_size, mask_ratio, fill, spatial_dims, literal_sizes=literal_sizes)
         self.hessian = HessianFilter(sigmas, spatial_dims=spatial_dims) if use_hessian else None
         self.mask_key, self.strategy_key, self.hessian_key = mask_key, strategy_key, hessian_key
 

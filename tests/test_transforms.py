@@ -9,11 +9,15 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.metrics import compute_roc_auc
+from monai.transforms import LoadImage, ScaleIntensity
 
-from frepa_monai.frequency import squared_frequency_distance
+from frepa_monai.data import SAMPLE_DIR, load_index
+from frepa_monai.frequency import filter_bank, squared_frequency_distance
+from frepa_monai.metrics import FREQUENCY_BANDS, band_filters
 from frepa_monai.transforms import (
     FREQUENCY,
     IMAGE,
+    PAPER_SIZE,
     FrepaCorruptd,
     FrequencyDualMask,
     FrequencyDualMaskd,
@@ -27,6 +31,8 @@ from frepa_monai.transforms import (
     MaskToBoxd,
     ValidateLabel,
     ValidateLabeld,
+    scale_patch_size,
+    scale_sigma_ratio,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -57,7 +63,8 @@ def zeroed_fraction_by_band(shape, draws: int, patch_size: int, band: float):
     distance ``d``, with the expected rate ``1 - exp(-d^2 / d_c^2)``."""
     nd = len(shape)
     x = torch.rand((draws, 1, *shape), dtype=torch.float64) + 0.1
-    t = FrequencyDualMask(patch_size=patch_size, low_freq_perturb=False, spatial_dims=nd).set_random_state(3)
+    t = FrequencyDualMask(patch_size=patch_size, low_freq_perturb=False, spatial_dims=nd, literal_sizes=True)
+    t.set_random_state(3)
     dims = tuple(range(2, 2 + nd))
     ratio = torch.fft.rfftn(t(x), dim=dims).abs() / torch.fft.rfftn(x, dim=dims).abs()
     zeroed = (ratio < 1e-6).double().mean(dim=(0, 1))
@@ -117,7 +124,8 @@ class TestFrequencyDualMask:
         y = FrequencyDualMask(high_freq_mask=False, spatial_dims=2).set_random_state(0)(x)
         delta = spectrum(y - x)[:, 0]
         assert delta[:, 0, 0].abs().max() < 1e-8
-        sigma = 0.002 * spectrum(x)[:, 0].abs().flatten(1).amax(1)
+        # sigma_ratio 0.002 at the paper's 512 px is 0.002 * (512 / 128) ** (2 / 2) = 0.008 at 128 px
+        sigma = 0.008 * spectrum(x)[:, 0].abs().flatten(1).amax(1)
         power = (delta.abs() ** 2 / sigma.view(-1, 1, 1) ** 2).mean(0)  # E|delta|^2 / sigma^2
         d2 = squared_frequency_distance((128, 128)).double()
         expected = torch.exp(-2 * d2 / (0.2 * 128) ** 2)
@@ -150,7 +158,8 @@ class TestFrequencyDualMask:
             assert torch.isfinite(y).all()
         flat = FrequencyDualMask(low_freq_perturb=False)(torch.full((3, 37, 29), 0.4))  # only DC is non-zero
         torch.testing.assert_close(flat, torch.full((3, 37, 29), 0.4))
-        perturbed = FrequencyDualMask()(torch.full((3, 37, 29), 0.4))  # the noise scales with max|f| = DC
+        # the noise scales with max|f| = DC
+        perturbed = FrequencyDualMask(literal_sizes=True).set_random_state(0)(torch.full((3, 37, 29), 0.4))
         assert abs(perturbed.mean().item() - 0.4) < 1e-6 and 0 < (perturbed - 0.4).abs().max() < 0.4
 
     def test_real_image_keeps_mean_and_histogram_spread(self, fundus):
@@ -166,19 +175,22 @@ class TestHistogramEqualizedMask:
         image, _, _ = fundus  # 3 x 960 x 999 or so: partial edge patches included
         t = HistogramEqualizedMask().set_random_state(0)
         y, mask = t.call_with_mask(image)
+        ps = t.patch_size_at(image.shape[1:])  # 32 at 512 px: 60 px at 960 px
+        assert ps == round(32 * min(image.shape[1:]) / 512)
         assert mask.shape == (1, *image.shape[1:]) and mask.dtype == torch.bool
-        grid = [math.ceil(s / 32) for s in image.shape[1:]]
+        grid = [math.ceil(s / ps) for s in image.shape[1:]]
         padded = torch.nn.functional.pad(
-            mask.float(), (0, grid[1] * 32 - image.shape[2], 0, grid[0] * 32 - image.shape[1])
+            mask.float(), (0, grid[1] * ps - image.shape[2], 0, grid[0] * ps - image.shape[1])
         )
-        per_patch = padded.view(grid[0], 32, grid[1], 32).amax(dim=(1, 3))
+        per_patch = padded.view(grid[0], ps, grid[1], ps).amax(dim=(1, 3))
         assert int(per_patch.sum()) == round(0.7 * grid[0] * grid[1])
         assert torch.equal(y[:, ~mask[0]], image[:, ~mask[0]])  # bit-identical outside the mask
         assert not torch.equal(y[:, mask[0]], image[:, mask[0]])
 
     def test_masked_patches_keep_mean_and_std_on_real_image(self, fundus):
         image, _, _ = fundus
-        y, mask = HistogramEqualizedMask().set_random_state(1).call_with_mask(image)
+        t = HistogramEqualizedMask(literal_sizes=True).set_random_state(1)
+        y, mask = t.call_with_mask(image)
         h, w = image.shape[1:]
         checked = 0
         for i in range(0, h, 32):
@@ -224,8 +236,105 @@ class TestHistogramEqualizedMask:
         assert isinstance(a, np.ndarray) and a.dtype == np.float32 and np.array_equal(a, b)
 
     def test_dict_twin_writes_mask(self):
-        d = HistogramEqualizedMaskd(keys="image", mask_key="mask").set_random_state(0)({"image": torch.rand(1, 64, 64)})
+        t = HistogramEqualizedMaskd(keys="image", mask_key="mask", literal_sizes=True).set_random_state(0)
+        d = t({"image": torch.rand(1, 64, 64)})
         assert d["mask"].shape == (1, 64, 64) and d["mask"].float().mean() == 0.75  # round(0.7 * 4) = 3 of 4
+
+# ----------------------------------------------------------------------------------------------------------
+# sizes relative to the paper's working size (512 px in 2D, 128^3 in 3D)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def native_photographs():
+    """Every sample 2D image at least 512 px on a side (28 CHASE_DB1 fundus photos, two X-rays, a shoulder MR, the
+    skimage fundus photo) at its native pixel size, grey, in [0, 1]."""
+    index = load_index()
+    out = []
+    for item in index["images_2d"] + index["chase"]:
+        image = LoadImage(image_only=True, ensure_channel_first=True)(str(SAMPLE_DIR / item["image"]))
+        if min(image.shape[1:]) >= 512:
+            out.append(ScaleIntensity()(image.float().as_tensor().mean(0, keepdim=True)))
+    return out
+
+
+def centre_crops(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Centre crops ``(N, 1, size, size)`` of each image, divided by their mean (the corruption's intensity unit:
+    the noise scales with max|f| = DC)."""
+    crops = []
+    for image in images:
+        h, w = image.shape[1:]
+        crop = image[:, (h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
+        crops.append(crop / crop.mean())
+    return torch.stack(crops).double()
+
+
+def error_by_band(transform: FrequencyDualMask, images: torch.Tensor, draws: int) -> tuple[list[float], float]:
+    """Mean over images and draws of the share of the corruption's error energy in each band of
+    ``frequency_fidelity`` (low, mid, high), and the RMSE of the error."""
+    filters = band_filters(tuple(images.shape[2:]))
+    shares, squared = [], []
+    for _ in range(draws):
+        error = transform(images) - images
+        energy = filter_bank(error, [filters[b] for b in FREQUENCY_BANDS]).square().flatten(2).sum(-1)  # (3, B)
+        shares.append(energy / energy.sum(0))
+        squared.append(error.square().mean())
+    return torch.cat(shares, 1).mean(1).tolist(), math.sqrt(torch.stack(squared).mean().item())
+
+
+def test_frequency_corruption_keeps_its_band_shares_and_rmse_at_any_image_size(native_photographs):
+    """Crops of 512, 256 and 128 px of the same real photographs: with the sizes scaled from the paper's 512, the
+    frequency dual mask puts the same share of its error into each band of ``frequency_fidelity`` and perturbs with
+    the same RMSE (within 10%); with the paper's literal sizes, at 128 px twice the share lands in the low band and
+    the perturbation is 4x weaker.
+
+    Crops keep the photographs' pixel-scale statistics, so only the image size changes. Resized copies of the
+    same photographs (area down-sampling from 512) hold relatively more energy at their own pixel scale, which
+    the high-frequency masking takes away: there the high band's share grows from 0.16 to 0.19 at 128 px and the
+    low band's falls from 0.12 to 0.10 (literal sizes: 0.85 in the low band), while the RMSE stays within 2%.
+    """
+
+    def at(size, literal):
+        images = centre_crops(native_photographs, size)
+        dual = FrequencyDualMask(spatial_dims=2, literal_sizes=literal).set_random_state(0)
+        noise = FrequencyDualMask(high_freq_mask=False, spatial_dims=2, literal_sizes=literal).set_random_state(0)
+        return error_by_band(dual, images, draws=8)[0], error_by_band(noise, images, draws=1)[1]
+
+    assert len(native_photographs) == 32
+    paper_shares, paper_rmse = at(512, literal=False)
+    assert paper_shares[1] > 0.5 and 0.1 < paper_rmse < 0.5  # mostly mid-band error, a quarter of the mean
+    for size in (256, 128):
+        shares, rmse = at(size, literal=False)
+        for band, share, paper in zip(FREQUENCY_BANDS, shares, paper_shares):
+            assert share == pytest.approx(paper, rel=0.1), (size, band)
+        assert rmse == pytest.approx(paper_rmse, rel=0.1), size
+    literal_shares, literal_rmse = at(128, literal=True)
+    assert literal_shares[0] > 1.8 * paper_shares[0]  # the "high-frequency" masking takes the low band
+    assert literal_rmse == pytest.approx(paper_rmse / 4, rel=0.1)
+
+
+def test_sizes_scale_from_the_paper_working_size():
+    assert PAPER_SIZE == {2: 512, 3: 128}
+    assert [scale_patch_size(16, (n, n)) for n in (512, 256, 128, 64)] == [16, 8, 4, 2]
+    assert scale_patch_size(16, (48, 48, 48)) == 6 and scale_patch_size(16, (128, 128, 128)) == 16
+    assert scale_patch_size(32, (128, 96)) == 6  # the smaller side sets the scale, as it does for d_c
+    assert scale_patch_size(16, (8, 8)) == 1
+    assert scale_sigma_ratio(0.002, (128, 128)) == pytest.approx(0.008)
+    assert scale_sigma_ratio(0.002, (64, 64, 64)) == pytest.approx(0.002 * 2**1.5)
+    t = FrepaCorruptd(spatial_dims=2)
+    assert t.frequency.sizes_at((128, 128)) == (4, pytest.approx(0.008)) and t.image.patch_size_at((128, 128)) == 8
+    literal = FrepaCorruptd(spatial_dims=3, literal_sizes=True)
+    assert literal.frequency.sizes_at((48, 48, 48)) == (16, 0.002) and literal.image.patch_size_at((48, 48, 48)) == 16
+
+
+def test_perturbation_rmse_of_a_real_volume_is_kept_at_48_and_64_voxels(volume):
+    """3D: the low-frequency perturbation of one real volume resized to 128^3, 64^3 and 48^3 has one RMSE."""
+    rmse = {}
+    for size in (128, 64, 48):
+        x = torch.nn.functional.interpolate(volume[None].double(), size=(size,) * 3, mode="area")
+        noise = FrequencyDualMask(high_freq_mask=False, spatial_dims=3).set_random_state(0)
+        rmse[size] = error_by_band(noise, x.expand(4, -1, -1, -1, -1), draws=1)[1]
+    assert rmse[64] == pytest.approx(rmse[128], rel=0.1) and rmse[48] == pytest.approx(rmse[128], rel=0.1)
 
 
 class TestHessianFilter:
