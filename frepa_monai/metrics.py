@@ -6,6 +6,11 @@ for images in [0, 1], with a Gaussian low-pass ``O_low`` (cut-off ``0.05 * min s
 high-pass ``O_high`` (cut-off ``0.25 * min size``) and the band pass ``O_mid = 1 - O_low - O_high``.
 A perfect reconstruction has ``rho = 1`` in every band; an error confined to high frequencies lowers
 mainly ``rho_high``.
+
+``rho`` has little range on [0, 1] images: their high band holds an RMS of about 0.03, so even a flat image
+scores ``rho_high`` of about 0.97. ``band_r2`` measures the same bands as a coefficient of determination,
+``1 - sum |O_k(pred - target)|^2 / sum |O_k(target - mean(target))|^2``: the image's own mean scores 0, a
+perfect reconstruction 1, anything worse than the flat image below 0.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ __all__ = [
     "band_filters",
     "frequency_fidelity",
     "FrequencyFidelityMetric",
+    "band_energies",
+    "band_r2",
+    "BandR2Metric",
     "DETECTION_METRICS",
     "detection_scores",
     "DetectionMetric",
@@ -95,6 +103,98 @@ class FrequencyFidelityMetric(RegressionMetric):
     def _compute_metric(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rho = frequency_fidelity(y_pred, y, self.low_cutoff_ratio, self.high_cutoff_ratio)[f"rho_{self.band}"]
         return rho[:, None]
+
+
+def band_energies(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    band: str,
+    low_cutoff_ratio: float = 0.05,
+    high_cutoff_ratio: float = 0.25,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image ``(B,)``: the error energy ``sum |O_k(pred - target)|^2`` and the target's own energy
+    ``sum |O_k(target - mean(target))|^2`` in ``band`` (sums over channels and pixels), as :func:`band_r2` uses them.
+
+    ``mean(target)`` is the spatial mean of each image and channel; the band filters ``O_k`` are those of
+    :func:`frequency_fidelity`. Inputs ``(B, C, *spatial)``, 2 or 3 spatial dims.
+    """
+    if band not in FREQUENCY_BANDS:
+        raise ValueError(f"band must be one of {FREQUENCY_BANDS}, got {band!r}.")
+    if pred.shape != target.shape or pred.ndim not in (4, 5):
+        raise ValueError(
+            f"band_r2: expected two (B, C, H, W[, D]) tensors of one shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}."
+        )
+    axes = tuple(range(2, target.ndim))
+    target = target if target.dtype == torch.float64 else target.float()
+    transfer = band_filters(tuple(target.shape[2:]), low_cutoff_ratio, high_cutoff_ratio, target.device)[band]
+    # one batched filter of the error and of the centred target: (1, 2B, C, *spatial)
+    both = torch.cat([pred.to(target.dtype) - target, target - target.mean(dim=axes, keepdim=True)])
+    energy = filter_bank(both, [transfer])[0].square().flatten(1).sum(dim=1)  # (2B,)
+    error, spread = energy.chunk(2)
+    return error, spread
+
+
+def band_r2(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    band: str,
+    low_cutoff_ratio: float = 0.05,
+    high_cutoff_ratio: float = 0.25,
+) -> torch.Tensor:
+    """Band-limited coefficient of determination of ``pred`` against ``target``, one value per image.
+
+    ``1 - sum |O_k(pred - target)|^2 / sum |O_k(target - mean(target))|^2`` (see :func:`band_energies`). The
+    image's own mean scores exactly 0, a perfect reconstruction 1, anything worse than that flat image is
+    negative; the ratio does not depend on the intensity scale. An image with no energy in the band (a constant
+    image) has no defined value: NaN.
+
+    Args:
+        pred: predictions ``(B, C, *spatial)``, 2 or 3 spatial dims.
+        target: the images ``(B, C, *spatial)``.
+        band: ``"low"``, ``"mid"`` or ``"high"``.
+        low_cutoff_ratio, high_cutoff_ratio: the band edges of :func:`band_filters`.
+
+    Returns:
+        ``(B,)`` float tensor.
+    """
+    error, spread = band_energies(pred, target, band, low_cutoff_ratio, high_cutoff_ratio)
+    return torch.where(spread > 0, 1.0 - error / spread.clamp_min(1e-30), torch.full_like(spread, float("nan")))
+
+
+class BandR2Metric(CumulativeIterationMetric):
+    """:func:`band_r2` of one band pooled over every image seen (``val_r2_low`` / ``_mid`` / ``_high``).
+
+    ``aggregate()`` returns ``1 - sum(error energy) / sum(target energy)`` over all images, the energy-weighted
+    mean of their R^2: a nearly flat image (a crop of background) has almost no energy in a band, so its own R^2
+    is huge in size and says little, and pooling keeps it from dominating. For a single image it is
+    :func:`band_r2`.
+
+    Args:
+        band: ``"low"``, ``"mid"`` or ``"high"``.
+        low_cutoff_ratio, high_cutoff_ratio: the band edges of :func:`band_filters`.
+    """
+
+    def __init__(self, band: str = "high", low_cutoff_ratio: float = 0.05, high_cutoff_ratio: float = 0.25) -> None:
+        if band not in FREQUENCY_BANDS:
+            raise ValueError(f"band must be one of {FREQUENCY_BANDS}, got {band!r}.")
+        super().__init__()
+        self.band = band
+        self.low_cutoff_ratio, self.high_cutoff_ratio = low_cutoff_ratio, high_cutoff_ratio
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, *spatial)`` pair (MONAI batches decollated items) -> ``(B, 2)`` error and target energies."""
+        if y is None:
+            raise ValueError("BandR2Metric needs the target images y.")
+        error, spread = band_energies(y_pred, y, self.band, self.low_cutoff_ratio, self.high_cutoff_ratio)
+        return torch.stack([error, spread], dim=1)
+
+    def aggregate(self) -> torch.Tensor:
+        energies = self.get_buffer()
+        if not isinstance(energies, torch.Tensor) or energies.numel() == 0:
+            return torch.tensor(float("nan"))
+        error, spread = energies.reshape(-1, 2).double().sum(dim=0)
+        return (1.0 - error / spread) if spread > 0 else torch.tensor(float("nan"))
 
 
 DETECTION_METRICS = ("iou", "giou", "detection_ratio", "sensitivity", "precision")

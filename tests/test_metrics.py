@@ -8,9 +8,13 @@ import pytest
 import torch
 
 from frepa_monai.metrics import (
+    FREQUENCY_BANDS,
+    BandR2Metric,
     DetectionMetric,
     FrequencyFidelityMetric,
+    band_energies,
     band_filters,
+    band_r2,
     detection_scores,
     frequency_fidelity,
 )
@@ -71,6 +75,53 @@ def test_cumulative_metric_averages_per_image_values_over_batches():
     assert expected.item() < 1.0
     with pytest.raises(ValueError, match="band must be"):
         FrequencyFidelityMetric(band="ultra")
+
+
+# ---------------------------------------------------------------- band R^2
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 64, 64), (2, 1, 33, 40), (2, 1, 16, 20, 24)])
+def test_band_r2_is_zero_for_the_mean_one_for_the_image_and_negative_when_worse(shape):
+    image = torch.rand(shape, dtype=torch.float64)
+    mean = image.mean(dim=tuple(range(2, image.ndim)), keepdim=True).expand_as(image)
+    for band in FREQUENCY_BANDS:
+        assert band_r2(image.clone(), image, band).shape == (shape[0],)
+        torch.testing.assert_close(band_r2(image.clone(), image, band), torch.ones(shape[0], dtype=torch.float64))
+        assert torch.equal(band_r2(mean, image, band), torch.zeros(shape[0], dtype=torch.float64))
+        # the mirror image about the mean errs by twice the image's own deviation: 1 - 4 = -3
+        torch.testing.assert_close(band_r2(2 * mean - image, image, band), torch.full((shape[0],), -3.0).double())
+
+
+def test_band_r2_separates_the_bands_and_ignores_the_intensity_scale():
+    image = torch.rand(1, 1, 128, 128, dtype=torch.float64)
+    noisy = image + tone((128, 128), 50, 0.3)  # above the high-pass cut-off of 0.25 * 128 = 32
+    assert band_r2(noisy, image, "high").item() < 0.7
+    assert band_r2(noisy, image, "low").item() > 0.9999 and band_r2(noisy, image, "mid").item() > 0.95
+    offset = band_r2(image + 0.05, image, "low")  # a DC error: the low band holds the image's mean
+    assert offset.item() < 0.9 and band_r2(image + 0.05, image, "mid").item() == pytest.approx(1.0)
+    for band in FREQUENCY_BANDS:
+        torch.testing.assert_close(band_r2(7 * noisy, 7 * image, band), band_r2(noisy, image, band))
+    assert torch.isnan(band_r2(torch.rand(1, 1, 16, 16), torch.full((1, 1, 16, 16), 0.3), "mid")).all()
+    with pytest.raises(ValueError, match="band must be"):
+        band_r2(image, image, "ultra")
+
+
+def test_band_r2_metric_pools_the_energies_of_every_image():
+    target = torch.rand(3, 1, 32, 32)
+    pred = target + 0.1 * torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    metric = BandR2Metric(band="mid")
+    metric(pred[:2], target[:2])
+    metric([pred[2]], [target[2]])  # decollated items, as MONAI's handlers pass them
+    error, spread = band_energies(pred, target, "mid")
+    assert metric.aggregate().item() == pytest.approx(1 - error.sum().item() / spread.sum().item(), rel=1e-6)
+    single = BandR2Metric(band="high")
+    single(pred[:1], target[:1])
+    assert single.aggregate().item() == pytest.approx(band_r2(pred[:1], target[:1], "high").item(), rel=1e-6)
+    # a nearly flat crop has a huge negative R^2 of its own, but carries almost no weight in the pool
+    flat = torch.full((1, 1, 32, 32), 0.5) + 1e-3 * torch.rand(1, 1, 32, 32)
+    assert band_r2(flat + 0.01, flat, "low").item() < -10
+    metric([flat[0] + 0.01], [flat[0]])
+    assert metric.aggregate().item() > 0.5
 
 
 # ---------------------------------------------------------------- detection metrics
