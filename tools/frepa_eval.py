@@ -1,37 +1,41 @@
-"""Shared parts of the evaluation harness (``evaluate_frequency.py``, ``evaluate_highpass.py``,
-``run_ablations.py``, ``reproduce.py``): the pretraining variants with one budget, the frozen-encoder
-reconstruction probe of the paper's Fig. 7, the vessel-segmentation score, and plot / table helpers.
+"""The Frepa study run by ``tools/reproduce.py``: its presets, variants, data split, cached pretraining and scores.
 
-Every encoder of a comparison is a ``vit_tiny`` at 128 x 128 pretrained by ``bundles/frepa_pretrain_2d`` on the
-embedded sample data with the same epochs, batch size, learning rate, augmentation and seed; only the strategy
-(or, for the ablations, one Frepa switch) differs. All of them take the image and its Hessian ridge channel
-(4 channels): MAE and MFM are run with ``use_hessian=true`` so that the encoders have one architecture and one
-input and the downstream bundles take every one of them unchanged (the published MAE and MFM have no Hessian
-channel). ``random`` is a freshly initialised encoder of that architecture, never trained.
+Every variant is pretrained by ``bundles/frepa_pretrain_2d`` with one budget in optimizer steps, on the study's
+pretraining half of the 2D sample data; the other half (subjects never seen in pretraining) is where the probes
+of :mod:`frepa_monai.evaluation` score the frozen encoders:
 
-Results are cached in the work folder: an encoder, a probe result or a vessel run that exists is reused, so the
-tools share their pretraining and a stopped run resumes. A cached encoder pretrained with another budget is an
-error (use a new work folder).
+- the band probe: ridge readout of each token's neighbourhood into its pixel patch, band R^2 per held-out image
+  (fitted on the pretraining images);
+- the vessel probe: ridge readout onto the CHASE_DB1 vessel masks of the held-out children, leave-one-child-out,
+  also on Gaussian high-pass filtered images (the cut-offs of the paper's Fig. 1a).
+
+``random`` is an untrained encoder of the same architecture, one per seed. Pretrained encoders, probe scores and
+end-to-end runs are cached in the work folder under names that hold the variant and the seed, each with the
+settings it was made with; a cached result made with other settings stops the run with an error naming it.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
-import statistics
+import math
 import time
 from functools import lru_cache
 from pathlib import Path
 
-from run_folds import REPO, read_metrics, run_workflow, train_and_evaluate
+from run_folds import REPO, run_workflow, train_and_evaluate
 
 PRETRAIN_BUNDLE = REPO / "bundles" / "frepa_pretrain_2d"
 VESSEL_BUNDLE = REPO / "bundles" / "frepa_vessel_segmentation_2d"
-ENCODER = {"name": "vit_tiny", "spatial_dims": 2, "in_channels": 4, "img_size": [128, 128]}
+HIGHPASS_CUTOFFS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+"""Gaussian high-pass cut-offs ``d_c / size`` of the robustness curve (the paper's Fig. 1a range)."""
 
-METHODS = ("frepa", "mae", "mfm", "random")
+METHODS = ("frepa", "frepa_literal", "mae", "mfm", "random")
 ABLATIONS = ("wo_hm", "wo_lp", "wo_fm", "wo_im", "wo_hfl", "wo_con", "wo_grad")
 VARIANTS: dict[str, dict] = {
     "frepa": {},
+    "frepa_literal": {"literal_sizes": True},
     "mae": {"strategy_name": "mae", "use_hessian": True},
     "mfm": {"strategy_name": "mfm", "use_hessian": True},
     "random": {},
@@ -43,33 +47,161 @@ VARIANTS: dict[str, dict] = {
     "wo_con": {"con": False},
     "wo_grad": {"grad": False},
 }
-"""Pretraining bundle overrides of every variant (``random`` is not pretrained)."""
+"""Pretraining bundle overrides of every variant (``random`` is not pretrained). MAE and MFM take the Hessian
+channel too, so that every encoder has one input and one architecture."""
 LABELS = {
     "frepa": "Frepa",
+    "frepa_literal": "Frepa, literal sizes",
     "mae": "MAE",
     "mfm": "MFM",
     "random": "random",
-    "pixels": "no encoder (raw 8 x 8 patch pixels)",
-    "wo_hm": "w/o HM (low-frequency perturbation only)",
-    "wo_lp": "w/o LP (high-frequency masking only)",
-    "wo_fm": "w/o FM (image masking only)",
-    "wo_im": "w/o IM (zero-patch masking)",
+    "pixels": "raw pixels (no encoder)",
+    "frangi": "Hessian filter + threshold (no encoder)",
+    "flat": "flat image",
+    "wo_hm": "w/o HM",
+    "wo_lp": "w/o LP",
+    "wo_fm": "w/o FM",
+    "wo_im": "w/o IM",
     "wo_hfl": "w/o HFL",
     "wo_con": "w/o ConL",
     "wo_grad": "w/o GradL",
 }
 
-PRETRAIN_EPOCHS = 25
-PROBE_EPOCHS = 30
-VESSEL_EPOCHS = 60
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """What the study runs: the pretraining budget, the seeds and the probe settings."""
+
+    name: str
+    bundle_preset: str  # the pretraining bundle's preset whose settings are overridden
+    encoder: str
+    image_size: int
+    batch_size: int
+    epochs: int  # pretraining epochs of the study's pretraining half; the step budget follows from them
+    learning_rate: float
+    amp: bool
+    seeds: int  # pretraining seeds of each method (and random initialisations)
+    ablation_seeds: int
+    vessel_size: int  # longest side of the CHASE_DB1 images in the vessel probe
+    neighbourhood: int  # tokens per axis around each token that the probes read
+    e2e_seeds: int  # pretraining seeds whose encoders also get the vessel bundle's trained head
+    e2e_epochs: int
+
+    def replace(self, **changes) -> Preset:
+        return dataclasses.replace(self, **changes)
 
 
-def add_common_arguments(parser) -> None:
-    """``--work_dir`` and ``--pretrain_epochs``, shared by every harness tool."""
-    parser.add_argument("--work_dir", default="eval/harness", help="encoders, runs and reports (shared by the tools)")
-    parser.add_argument(
-        "--pretrain_epochs", type=int, default=PRETRAIN_EPOCHS, help="pretraining epochs of every variant"
+PRESETS = {
+    "cpu": Preset("cpu", "cpu", "vit_tiny", 128, 8, 25, 0.002, False, 5, 3, 384, 3, 2, 40),
+    "gpu": Preset("gpu", "gpu", "vit_s", 256, 32, 30, 0.0003, True, 3, 1, 768, 1, 1, 20),
+}
+"""``cpu``: sized for this project's 2-core CPU (at most 90 minutes). ``gpu``: ViT-S/16 at 256 px with AMP, sized
+by estimate (data pipeline about 0.1 s a step, 15 s of start-up a run) for under 10 minutes on one modern GPU;
+the probes read each token alone (``neighbourhood`` 1: 384 features instead of 3456)."""
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def _cached(record: Path, settings: dict):
+    """The cached result beside ``record`` if it was made with ``settings``; an error if with others."""
+    if not record.is_file():
+        return None
+    found = json.loads(record.read_text())
+    if found.get("settings") != json.loads(json.dumps(settings, default=str)):
+        raise SystemExit(f"{record} was made with other settings ({found.get('settings')}): use another --work_dir.")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data: the study's split of the 2D sample set by subject, and the probe images
+# ----------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def study_split() -> dict[str, list[dict]]:
+    """``{"pretrain": items, "test": items}``: every 2D pretraining item of the sample set, split by subject in
+    halves within each of its three sources (slices of the 3D volumes, 2D images, CHASE_DB1 children), seed 0."""
+    from frepa_monai.data import pretrain_2d_datalist, split_by_subject
+
+    items = [dict(i, _group=Path(i["image"]).parent.name) for s in pretrain_2d_datalist().values() for i in s]
+    split = split_by_subject(items, ratios=(0.5, 0.0, 0.5), seed=0, group_key="_group")
+    for item in split["training"] + split["test"]:
+        del item["_group"]
+    return {"pretrain": split["training"], "test": split["test"]}
+
+
+def pretrain_datalist() -> dict:
+    """The pretraining bundle's datalist in the study: the pretraining half, validated on 4 of its own images (one
+    validation at the end of a run, which only names ``model.pt``; the study reads ``encoder.pt``)."""
+    items = study_split()["pretrain"]
+    return {"training": items, "validation": items[:4], "test": []}
+
+
+@lru_cache(maxsize=2)
+def band_probe_images(image_size: int):
+    """``(train, test, test_subjects)``: the study's pretraining and test images as the pretraining bundle prepares
+    them for validation (resized to ``image_size``, 3 channels, [0, 1]), ``(N, 3, size, size)`` tensors."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.utils import convert_to_tensor
+
+    parser = ConfigParser()
+    parser.read_config(str(PRETRAIN_BUNDLE / "configs" / "train.json"))
+    parser.update({"bundle_root": str(PRETRAIN_BUNDLE), "preset": "cpu", "cpu_settings#image_size": [image_size] * 2})
+    transform = parser.get_parsed_content("validate#preprocessing")
+
+    def load(items):
+        return torch.stack([convert_to_tensor(transform(dict(i))["image"], track_meta=False).float() for i in items])
+
+    split = study_split()
+    return load(split["pretrain"]), load(split["test"]), [i["subject"] for i in split["test"]]
+
+
+@lru_cache(maxsize=2)
+def vessel_probe_images(longest_side: int):
+    """The study's held-out CHASE_DB1 children at ``longest_side`` px, as the vessel bundle prepares its images:
+    ``(images (N, 3, H, W) in [0, 1], vessel masks (N, H, W), fields of view (N, H, W), children)``."""
+    import torch
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
+
+    from frepa_monai.data import vessel_segmentation_datalist
+    from frepa_monai.transforms import ScaleIntensityByModalityd
+
+    held_out = {i["subject"] for i in study_split()["test"]}
+    items = sorted(
+        (i for s in vessel_segmentation_datalist().values() for i in s if i["subject"] in held_out),
+        key=lambda i: i["image"],
     )
+    keys = ["image", "label", "mask"]
+    prepare = Compose(
+        [
+            LoadImaged(keys, image_only=True),
+            EnsureChannelFirstd(keys),
+            ScaleIntensityByModalityd("image"),
+            Resized(
+                keys,
+                longest_side,
+                size_mode="longest",
+                mode=["bilinear", "nearest", "nearest"],
+                anti_aliasing=[True, False, False],
+            ),
+        ]
+    )
+    data = [prepare(dict(i)) for i in items]
+    images = torch.stack([torch.as_tensor(d["image"]).float()[:3].clamp(0, 1) for d in data])
+    labels = torch.stack([torch.as_tensor(d["label"])[0] > 0 for d in data])
+    fov = torch.stack([torch.as_tensor(d["mask"])[0] > 0 for d in data])
+    return images, labels, fov, [i["subject"] for i in items]
+
+
+def example_indices() -> list[int]:
+    """Two held-out images the report shows: the first CHASE_DB1 photo and the first slice of a 3D volume."""
+    test = study_split()["test"]
+    chase = next(i for i, item in enumerate(test) if item["source"] == "CHASE_DB1")
+    slices = next(i for i, item in enumerate(test) if Path(item["image"]).parent.name == "slices2d")
+    return [chase, slices]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,254 +209,172 @@ def add_common_arguments(parser) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def pretrain_settings(variant: str, epochs: int, seed: int = 0) -> dict:
-    """The pretraining bundle overrides of ``variant``: the CPU preset, ``epochs`` epochs, no MLflow."""
+def pretrain_settings(preset: Preset, variant: str, seed: int) -> dict:
+    """The pretraining bundle overrides of ``variant`` and ``seed`` under ``preset``."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+    p = f"{preset.bundle_preset}_settings"
     return {
-        "preset": "cpu",
-        "cpu_settings#max_epochs": int(epochs),
-        "cpu_settings#val_interval": 5,
+        "preset": preset.bundle_preset,
+        f"{p}#encoder": preset.encoder,
+        f"{p}#image_size": [preset.image_size] * 2,
+        f"{p}#batch_size": preset.batch_size,
+        f"{p}#max_epochs": preset.epochs,
+        f"{p}#val_interval": preset.epochs,
+        f"{p}#learning_rate": preset.learning_rate,
+        "amp": preset.amp,
         "mlflow": False,
         "seed": seed,
-        "run_name": variant,
+        "run_name": f"{variant}_seed{seed}",
         **VARIANTS[variant],
     }
 
 
-def encoder_path(work_dir: Path, variant: str, epochs: int, seed: int = 0) -> Path:
-    """``models/encoder.pt`` of ``variant`` under ``work_dir/pretrain``, pretraining it first when it is missing.
+def steps_per_run(preset: Preset) -> int:
+    """Optimizer steps of every pretraining run: epochs x batches of the pretraining half."""
+    return preset.epochs * math.ceil(len(study_split()["pretrain"]) / preset.batch_size)
 
-    ``random`` is an untrained encoder of the same architecture, initialised with ``torch.manual_seed(seed)``.
-    A ``settings.json`` beside each encoder records its budget; a cached encoder with another budget stops the
-    run with an error naming it.
+
+def encoder_path(work_dir: Path, preset: Preset, variant: str, seed: int) -> Path:
+    """``models/encoder.pt`` of ``variant`` pretrained with ``seed``, pretraining it when it is not cached.
+
+    ``random`` is an untrained encoder of the pretraining architecture initialised with ``torch.manual_seed(seed)``.
+    ``record.json`` beside the encoder holds the overrides and the pretraining's CPU and wall seconds.
     """
-    root = Path(work_dir).resolve() / "pretrain" / variant
-    path = root / "models" / "encoder.pt"
-    settings = pretrain_settings(variant, 0 if variant == "random" else epochs, seed)
-    record = root / "settings.json"
-    if path.is_file():
-        found = json.loads(record.read_text()) if record.is_file() else None
-        if found is not None and found.get("overrides") != settings:
-            raise SystemExit(
-                f"{path} was pretrained with {found.get('overrides')}, not {settings}: use another --work_dir."
-            )
+    root = Path(work_dir).resolve() / "pretrain" / f"{variant}_seed{seed}"
+    path, record = root / "models" / "encoder.pt", root / "record.json"
+    settings = pretrain_settings(preset, variant, seed)
+    if _cached(record, settings) is not None and path.is_file():
         return path
     root.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if variant == "random":
         import torch
 
         from frepa_monai.networks import build_encoder, save_encoder_checkpoint
 
         torch.manual_seed(seed)
-        save_encoder_checkpoint(path, build_encoder(**ENCODER))
+        save_encoder_checkpoint(path, build_encoder(preset.encoder, 2, 4, preset.image_size))
     else:
-        print(f"=== pretraining {variant} ({epochs} epochs) in {root}", flush=True)
-        run_workflow(PRETRAIN_BUNDLE, ["train.json"], "train", {**settings, "bundle_root": str(root)})
-    seconds = time.perf_counter() - start
-    record.write_text(json.dumps({"overrides": settings, "seconds": round(seconds, 1)}, indent=2) + "\n")
+        print(f"=== pretraining {variant}, seed {seed} ({steps_per_run(preset)} steps) in {root}", flush=True)
+        run_workflow(
+            PRETRAIN_BUNDLE,
+            ["train.json"],
+            "train",
+            {**settings, "datalist": pretrain_datalist(), "bundle_root": str(root)},
+        )
+    seconds = {"wall": round(time.perf_counter() - start, 1), "cpu": round(time.process_time() - cpu, 1)}
+    record.write_text(_json({"settings": settings, "seconds": seconds}))
     return path
 
 
-def pretrain_seconds(work_dir: Path, variant: str) -> float | None:
-    """Wall time of ``variant``'s pretraining as recorded in its ``settings.json`` (None if unknown)."""
-    record = Path(work_dir).resolve() / "pretrain" / variant / "settings.json"
-    return json.loads(record.read_text()).get("seconds") if record.is_file() else None
+def pretrain_seconds(work_dir: Path, variant: str, seed: int) -> dict | None:
+    record = Path(work_dir).resolve() / "pretrain" / f"{variant}_seed{seed}" / "record.json"
+    return json.loads(record.read_text())["seconds"] if record.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the Fig. 7 probe: frozen encoder, fresh ConvDecoder, frequency fidelity on held-out images
+# scores: the probes of every encoder and the references
 # ----------------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def probe_images():
-    """Training and held-out images of the probe, as the pretraining bundle prepares them for validation.
-
-    Returns ``{"train": (images, hessians), "test": (images, hessians), "test_names": [...]}`` with images
-    ``(N, 3, 128, 128)`` in [0, 1] and Hessian ridge channels ``(N, 1, 128, 128)``: the pretraining split's
-    ``training`` images (100) and its ``test`` images (22, never used in pretraining), seed 0.
-    """
-    import torch
-    from monai.bundle import ConfigParser
-    from monai.utils import convert_to_tensor
-
-    parser = ConfigParser()
-    parser.read_config(str(PRETRAIN_BUNDLE / "configs" / "train.json"))
-    parser.update({"bundle_root": str(PRETRAIN_BUNDLE), "preset": "cpu", "use_hessian": True, "seed": 0})
-    transform = parser.get_parsed_content("validate#preprocessing")
-    datalist = parser.get_parsed_content("datalist")
-    out = {}
-    for split in ("training", "test"):
-        items = [transform(dict(item)) for item in datalist[split]]
-        images = torch.stack([convert_to_tensor(item["image"], track_meta=False).float() for item in items])
-        hessians = torch.stack([convert_to_tensor(item["hessian"], track_meta=False).float() for item in items])
-        out["train" if split == "training" else "test"] = (images, hessians)
-    out["test_names"] = [Path(item["image"]).name for item in datalist["test"]]
-    return out
-
-
-def probe_encoder(encoder, seed: int, epochs: int = PROBE_EPOCHS, batch_size: int = 8, lr: float = 1e-3) -> dict:
-    """The paper's Fig. 7 protocol for one encoder (a checkpoint path or a module) and one seed.
-
-    The encoder is frozen (eval mode, no gradients) and its feature maps of the probe images are computed once; a
-    fresh :class:`~frepa_monai.networks.ConvDecoder` (seeded with ``seed``) is trained with MSE for ``epochs``
-    epochs (Adam, ``lr``, shuffled batches of ``batch_size``) to reconstruct the raw images from them; then
-    ``rho_low``, ``rho_mid`` and ``rho_high`` (:func:`frepa_monai.metrics.frequency_fidelity`) are averaged over
-    the held-out images.
-
-    Returns:
-        ``{"rho_low", "rho_mid", "rho_high", "mse"}`` (floats), ``"per_image"`` (the three rhos per held-out
-        image) and ``"seconds"``; the held-out reconstructions under ``"recon"`` (a tensor, not saved to JSON).
-    """
+def probe_scores(work_dir: Path, preset: Preset, variant: str, seed: int | None) -> dict:
+    """Band probe and vessel probe of one encoder (``variant="pixels"``: the raw-pixel reference; ``"frangi"``: the
+    Hessian filter with a threshold, vessels only; ``"flat"``: a flat image), cached in ``work_dir/scores``."""
+    name = variant if seed is None else f"{variant}_seed{seed}"
+    record = Path(work_dir).resolve() / "scores" / f"{name}.json"
+    probe = {k: getattr(preset, k) for k in ("encoder", "image_size", "vessel_size", "neighbourhood")}
+    pretraining = None if seed is None else pretrain_settings(preset, variant, seed)
+    settings = {"probe": probe, "pretraining": pretraining, "variant": variant, "seed": seed}
+    found = _cached(record, settings)
+    if found is not None:
+        return found
     import torch
 
-    from frepa_monai.metrics import frequency_fidelity
-    from frepa_monai.networks import ConvDecoder, build_encoder_from_checkpoint
+    from frepa_monai import evaluation
+    from frepa_monai.metrics import FREQUENCY_BANDS, band_r2
+    from frepa_monai.networks import ENCODER_PRESETS, build_encoder_from_checkpoint
 
     start = time.perf_counter()
-    data = probe_images()
-    if isinstance(encoder, (str, Path)):
-        encoder = build_encoder_from_checkpoint(encoder)
-    encoder = encoder.eval().requires_grad_(False)
-    in_channels = encoder.network_config["in_channels"] if hasattr(encoder, "network_config") else encoder.in_channels
-
-    def features(images, hessians):
-        x = torch.cat([images, hessians], dim=1) if in_channels == images.shape[1] + 1 else images
-        with torch.no_grad():
-            return torch.cat([encoder(chunk) for chunk in x.split(16)])
-
-    train_x, train_f = data["train"][0], features(*data["train"])
-    test_x, test_f = data["test"][0], features(*data["test"])
-    size = tuple(train_x.shape[2:])
-    torch.manual_seed(seed)
-    decoder = ConvDecoder(encoder.out_channels, train_x.shape[1], encoder.stride, spatial_dims=2)
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    decoder.train()
-    for _ in range(epochs):
-        for index in torch.randperm(len(train_x), generator=generator).split(batch_size):
-            loss = torch.nn.functional.mse_loss(decoder(train_f[index], size), train_x[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    decoder.eval()
-    with torch.no_grad():
-        recon = torch.cat([decoder(chunk, size) for chunk in test_f.split(16)])
-    rho = frequency_fidelity(recon, test_x)
-    result = {band: float(values.mean()) for band, values in rho.items()}
-    result["mse"] = float(torch.nn.functional.mse_loss(recon, test_x))
-    result["per_image"] = {band: [round(float(v), 6) for v in values] for band, values in rho.items()}
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    result["recon"] = recon
-    return result
+    train, test, _ = band_probe_images(preset.image_size)
+    images, labels, fov, children = vessel_probe_images(preset.vessel_size)
+    encoder = None
+    if variant not in ("pixels", "frangi", "flat"):
+        encoder = build_encoder_from_checkpoint(encoder_path(work_dir, preset, variant, seed)).requires_grad_(False)
+        encoder = encoder.to("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"=== probes of {name}", flush=True)
+    examples = example_indices()
+    if variant == "flat":
+        mean = test.mean(dim=(2, 3), keepdim=True).expand_as(test)
+        band = {"per_image": {b: band_r2(mean, test, b).tolist() for b in FREQUENCY_BANDS}, "examples": mean[examples]}
+        share = (labels & fov).flatten(1).sum(1) / fov.flatten(1).sum(1)
+        vessel = {"per_image": {"raw": (2 * share / (1 + share)).tolist()}}  # every pixel of the FOV called vessel
+    elif variant == "frangi":
+        band = None
+        vessel = evaluation.frangi_reference(images, labels, fov, children, HIGHPASS_CUTOFFS)
+    else:  # the raw-pixel reference reads patches of the encoders' stride (band) and 8 x 8 patches (vessels)
+        stride = ENCODER_PRESETS[preset.encoder]["patch_size"]
+        near = {} if encoder is None else {"neighbourhood": preset.neighbourhood}
+        band = evaluation.band_probe(encoder, train, test, stride=stride, per_image=True, examples=examples, **near)
+        vessel = evaluation.vessel_probe(encoder, images, labels, fov, children, HIGHPASS_CUTOFFS, **near)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    if band is not None:
+        torch.save(band.pop("examples"), record.with_suffix(".pt"))  # the readouts of the example images
+    result = {"settings": settings, "band": band, "vessel": vessel, "seconds": round(time.perf_counter() - start, 1)}
+    record.write_text(_json(result))
+    return json.loads(record.read_text())
 
 
-def probe(work_dir: Path, variant: str, seed: int, pretrain_epochs: int, epochs: int = PROBE_EPOCHS) -> dict:
-    """:func:`probe_encoder` of ``variant``'s encoder, cached in ``work_dir/probe/<variant>_seed<seed>.json``,
-    the held-out reconstructions in ``<variant>_seed<seed>.pt`` (a cached result is returned as it is)."""
-    cache = Path(work_dir).resolve() / "probe" / f"{variant}_seed{seed}.json"
-    if cache.is_file() and cache.with_suffix(".pt").is_file():
-        found = json.loads(cache.read_text())
-        if found.get("probe_epochs") == epochs and found.get("pretrain_epochs") == pretrain_epochs:
-            return found
-    import torch
+def e2e_split() -> dict:
+    """The vessel bundle's datalist in the study: the held-out children only (pretraining never saw them),
+    4 training, 1 validation, 2 test children."""
+    from frepa_monai.data import split_by_subject, vessel_segmentation_datalist
 
-    from frepa_monai.networks import PatchifyEncoder
-
-    if variant == "pixels":  # no encoder: the raw pixels of each patch, what a ViT's patch embedding starts from
-        source = PatchifyEncoder(ENCODER["in_channels"], stride=8, spatial_dims=2)
-    else:
-        source = encoder_path(work_dir, variant, pretrain_epochs)
-    print(f"=== probe {variant}, seed {seed}", flush=True)
-    result = probe_encoder(source, seed, epochs)
-    result.update({"probe_epochs": epochs, "pretrain_epochs": pretrain_epochs, "encoder": str(source)})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result.pop("recon"), cache.with_suffix(".pt"))
-    cache.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    held_out = {i["subject"] for i in study_split()["test"]}
+    items = [i for s in vessel_segmentation_datalist().values() for i in s if i["subject"] in held_out]
+    return split_by_subject(items, ratios=(4, 1, 2), seed=0)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# vessel segmentation DSC (frepa_vessel_segmentation_2d, CHASE_DB1)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def vessel_dsc(work_dir: Path, variant: str, seed: int, pretrain_epochs: int, epochs: int = VESSEL_EPOCHS) -> float:
-    """Test DSC of the vessel bundle (CPU preset, ``epochs`` epochs) on ``variant``'s frozen encoder, ``seed``.
-
-    The run lives in ``work_dir/vessel/<variant>_seed<seed>`` with its overrides in ``settings.json``; a finished
-    run (``eval/metrics.csv``) with the same overrides is not repeated, one with others is an error.
-    """
-    root = Path(work_dir).resolve() / "vessel" / f"{variant}_seed{seed}"
-    metrics, record = root / "eval" / "metrics.csv", root / "settings.json"
-    override = {
-        "preset": "cpu",
-        "cpu_settings#max_epochs": int(epochs),
-        "cpu_settings#val_interval": min(10, int(epochs)),
+def e2e_dice(work_dir: Path, preset: Preset, variant: str, seed: int) -> dict:
+    """Test Dice per image of ``frepa_vessel_segmentation_2d``'s trained head on ``variant``'s frozen encoder
+    (``seed``: the pretraining seed, also the head's seed), cached in ``work_dir/e2e``."""
+    root = Path(work_dir).resolve() / "e2e" / f"{variant}_seed{seed}"
+    record = root / "record.json"
+    p = f"{preset.bundle_preset}_settings"
+    settings = {
+        "preset": preset.bundle_preset,
+        f"{p}#encoder_name": preset.encoder,
+        f"{p}#image_size": [preset.image_size] * 2,
+        f"{p}#working_size": preset.vessel_size,
+        f"{p}#max_epochs": preset.e2e_epochs,
+        f"{p}#val_interval": min(10, preset.e2e_epochs),
+        "amp": preset.amp,
         "mlflow": False,
         "seed": seed,
         "run_name": f"{variant}_seed{seed}",
         "encoder": "pretrained",
-        "encoder_checkpoint": str(encoder_path(work_dir, variant, pretrain_epochs)),
     }
-    if record.is_file() and json.loads(record.read_text()) != override:
-        raise SystemExit(
-            f"{root} was trained with {json.loads(record.read_text())}, not {override}: use another --work_dir."
-        )
-    if metrics.is_file():
-        return read_metrics(metrics)["val_mean_dice"]
+    found = _cached(record, settings)
+    if found is not None:
+        return found
     root.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(override, indent=2) + "\n")
-    print(f"=== vessel segmentation {variant}, seed {seed} in {root}", flush=True)
-    return train_and_evaluate(VESSEL_BUNDLE, root, override)["val_mean_dice"]
+    print(f"=== vessel bundle on {variant}, seed {seed} in {root}", flush=True)
+    start = time.perf_counter()
+    override = {
+        **settings,
+        "encoder_checkpoint": str(encoder_path(work_dir, preset, variant, seed)),
+        "datalist": e2e_split(),
+    }
+    metrics = train_and_evaluate(VESSEL_BUNDLE, root, override)
+    per_image = per_image_dice(root / "eval" / "val_mean_dice_raw.csv")
+    result = {"settings": settings, "dice": metrics["val_mean_dice"], "per_image": per_image}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    record.write_text(_json(result))
+    return json.loads(record.read_text())
 
 
-# ----------------------------------------------------------------------------------------------------------
-# summaries, tables, plots
-# ----------------------------------------------------------------------------------------------------------
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def fmt(values: list[float], digits: int = 4) -> str:
-    """``mean +- std`` of ``values`` (just the value for one)."""
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f}" + ("" if std is None else f" +- {std:.{digits}f}")
-
-
-def pyplot():
-    """matplotlib's pyplot with the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def image_grid(path: Path, rows: list[list], row_titles: list[str], col_titles: list[str], title: str) -> None:
-    """Save a grid of 2D images (``(H, W)`` or ``(3, H, W)`` arrays / tensors, shown in [0, 1]) as a PNG."""
-    import numpy as np
-
-    plt = pyplot()
-    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(1.8 * len(rows[0]), 1.9 * len(rows)), squeeze=False)
-    for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            a = np.asarray(img, dtype=np.float32)
-            a = np.moveaxis(a, 0, -1) if a.ndim == 3 else a
-            axes[r][c].imshow(np.clip(a, 0, 1), cmap="gray", vmin=0, vmax=1)
-            axes[r][c].set_xticks([])
-            axes[r][c].set_yticks([])
-            if r == 0:
-                axes[r][c].set_title(col_titles[c], fontsize=8)
-            if c == 0:
-                axes[r][c].set_ylabel(row_titles[r], fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def per_image_dice(path: Path) -> dict[str, float]:
+    """Image file name -> Dice, from the ``val_mean_dice_raw.csv`` that MONAI's ``MetricsSaver`` writes (a row per
+    image: ``filename``, one column per class, ``mean``)."""
+    with open(path, newline="") as f:
+        return {Path(row["filename"]).name: float(row["mean"]) for row in csv.DictReader(f)}

@@ -39,7 +39,8 @@ encoder weights load into them. ``vit_1024``: the paper gives only "dim=1024"; w
 MLP ratio 4 ViT at 128^3 / patch 16 has 34.1M parameters with 2 layers (29.9M with one input channel); each
 further layer adds 12.6M, so 2 layers is the depth that fits 32.0M.
 
-All presets work in 2D and 3D. The ``*_tiny`` presets (``vit_tiny``, ``swin_tiny``, ``convnext_tiny``,
+``vit_s`` (ViT-S/16, hidden 384, 12 layers, 6 heads) is the study's GPU preset (``tools/reproduce.py --preset
+gpu``). All presets work in 2D and 3D. The ``*_tiny`` presets (``vit_tiny``, ``swin_tiny``, ``convnext_tiny``,
 ``mednext_tiny``) train on a CPU at 64-128 px (2D) or 32-64^3 (3D).
 """
 
@@ -145,6 +146,8 @@ ENCODER_PRESETS: dict[str, dict] = {
         "paper_spatial_dims": 3,
         "paper_params": 34.8e6,  # whole MedNeXt-L
     },
+    # ViT-S/16 (Touvron et al. 2021), for the study's GPU preset at 256 px
+    "vit_s": {"arch": "vit", "patch_size": 16, "hidden_size": 384, "mlp_dim": 1536, "num_layers": 12, "num_heads": 6},
     # small presets for CPU runs and tests
     "vit_tiny": {"arch": "vit", "patch_size": 8, "hidden_size": 96, "mlp_dim": 192, "num_layers": 2, "num_heads": 4},
     "swin_tiny": {
