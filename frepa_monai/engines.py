@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.engines import IterationEvents, SupervisedEvaluator, SupervisedTrainer
@@ -32,6 +33,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable
 from monai.utils import set_determinism
 
+from frepa_monai.metrics import FREQUENCY_BANDS, band_r2
 from frepa_monai.strategies import PretrainStrategy
 
 __all__ = [
@@ -124,12 +126,14 @@ class PretrainTrainer(SupervisedTrainer):
 class PretrainEvaluator(SupervisedEvaluator):
     """``SupervisedEvaluator`` that reconstructs seeded corruptions of the validation images.
 
-    The strategy's random state is reset to ``seed`` when each evaluation starts, so every validation sees the
-    same corrupted images and the metrics of two epochs (or of a resumed and an uninterrupted run) compare.
+    The strategy's random state (and that of ``randomizables``, e.g. the validation transforms when they crop at
+    random) is reset to ``seed`` when each evaluation starts, so every validation sees the same corrupted images
+    and the metrics of two epochs (or of a resumed and an uninterrupted run) compare.
 
     Args:
         strategy: the training strategy (a copy is used, so reseeding it leaves the trainer's draws alone).
         seed: corruption seed of every evaluation.
+        randomizables: more random objects to reseed with ``seed`` at each evaluation's start.
         image_key, hessian_key: as in :class:`PretrainTrainer`.
         kwargs: ``SupervisedEvaluator`` arguments (``device``, ``val_data_loader``, ``network``,
             ``key_val_metric``, ``additional_metrics``, ``val_handlers``, ``amp``, ...).
@@ -141,6 +145,7 @@ class PretrainEvaluator(SupervisedEvaluator):
         self,
         strategy: PretrainStrategy,
         seed: int = 12345,
+        randomizables: Sequence[Randomizable] = (),
         image_key: str = "image",
         hessian_key: str = "hessian",
         **kwargs,
@@ -148,9 +153,14 @@ class PretrainEvaluator(SupervisedEvaluator):
         super().__init__(**kwargs)
         self.strategy = copy.deepcopy(strategy)  # reseeding it must not disturb the trainer's draws
         self.seed = seed
+        self.randomizables = [r for r in randomizables if r is not None]
         self.image_key = image_key
         self.hessian_key = hessian_key
-        self.add_event_handler(Events.STARTED, lambda _: self.strategy.set_random_state(self.seed))
+        self.add_event_handler(Events.STARTED, self._reseed)
+
+    def _reseed(self, _: Engine) -> None:
+        for r in [self.strategy, *self.randomizables]:
+            r.set_random_state(seed=self.seed)
 
     def _iteration(self, engine: PretrainEvaluator, batchdata: dict) -> dict:
         images, hessian = _batch_tensors(
@@ -192,13 +202,17 @@ def loss_terms(output: dict | list[dict]) -> dict[str, float]:
 class PreviewSaver:
     """Save a PNG of raw | corrupted | reconstructed for the first image of the first batch of each run.
 
-    Attach to the evaluator (one preview per validation, named by the trainer's epoch) or to the trainer. 3D
-    volumes show their middle slice along the last axis; images are clipped to [0, 1].
+    Attach to the evaluator (one preview per validation, named by the trainer's epoch) or to the trainer. 2D
+    images show as one row; 3D volumes as three rows, the middle slices across each axis. Images are clipped to
+    [0, 1]. A caption gives the band R^2 (:func:`~frepa_monai.metrics.band_r2`) of the shown reconstruction and,
+    where the engine computed them (``val_r2_low`` / ``_mid`` / ``_high``), the run's mean over all its images:
+    the PNG is written when the run's epoch completes, after its metrics.
 
     Args:
         output_dir: folder of the PNG files (``preview_epoch_<n>.png``), created if missing.
         image_key, corrupted_key, pred_key: keys of ``engine.state.output``.
-        min_height: small images are enlarged (nearest neighbour, integer factor) to at least this height.
+        min_height, min_width: small images are enlarged (nearest neighbour, integer factor) to at least this
+            height and width.
     """
 
     def __init__(
@@ -208,46 +222,78 @@ class PreviewSaver:
         corrupted_key: str = "corrupted",
         pred_key: str = "pred",
         min_height: int = 256,
+        min_width: int = 384,
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.min_height = min_height
+        self.min_height, self.min_width = min_height, min_width
         self.keys = (image_key, corrupted_key, pred_key)
-        self._saved_for_run = False
+        self._sample: dict | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.keep_first_sample)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _reset(self, engine: Engine) -> None:
-        self._saved_for_run = False
+        self._sample = None
+
+    def keep_first_sample(self, engine: Engine) -> None:
+        """Keep (a detached CPU copy of) the first sample of the run's first iteration."""
+        if self._sample is None:
+            sample = first_sample(engine.state.output)
+            self._sample = {k: torch.as_tensor(sample[k]).detach().float().cpu() for k in self.keys}
 
     def __call__(self, engine: Engine) -> None:
-        if self._saved_for_run:
+        if self._sample is None:
             return
-        self._saved_for_run = True
-        sample = first_sample(engine.state.output)
-        panels = np.concatenate([_preview_panel(sample[k]) for k in self.keys], axis=1)
-        zoom = max(1, -(-self.min_height // panels.shape[0]))  # nearest-neighbour enlargement of small crops
+        raw, pred = self._sample[self.keys[0]], self._sample[self.keys[2]]
+        panels = np.concatenate([_preview_panels(self._sample[k]) for k in self.keys], axis=1)
+        # nearest-neighbour enlargement of small images
+        zoom = max(1, -(-self.min_height // panels.shape[0]), -(-self.min_width // panels.shape[1]))
         panels = panels.repeat(zoom, axis=0).repeat(zoom, axis=1)
+        own = {band: float(band_r2(pred[None], raw[None], band)[0]) for band in FREQUENCY_BANDS}
+        caption = [f"epoch {engine.state.epoch}: raw | corrupted | reconstructed", f"R2 this image: {_r2_text(own)}"]
+        means = {band: engine.state.metrics.get(f"val_r2_{band}") for band in FREQUENCY_BANDS}
+        if all(v is not None for v in means.values()):
+            caption.append(f"R2 validation: {_r2_text(means)}")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"preview_epoch_{engine.state.epoch}.png"
-        _save_png(panels, path)
+        _save_png(panels, path, caption)
+        self._sample = None
         logger.info(f"saved preview {path}")
 
 
-def _preview_panel(image: torch.Tensor) -> np.ndarray:
-    """``(C, H, W[, D])`` -> ``(H, W, 3)`` uint8 (middle slice of a volume; grey images repeated)."""
-    image = torch.as_tensor(image).detach().float().cpu()
-    if image.ndim == 4:
-        image = image[..., image.shape[-1] // 2]
+def _r2_text(values: dict) -> str:
+    return "  ".join(f"{band} {float(values[band]):.2f}" for band in FREQUENCY_BANDS)
+
+
+def _preview_panels(image: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` -> ``(H, W, 3)`` uint8; ``(C, H, W, D)`` -> the middle slices across each axis, stacked.
+
+    Grey images are repeated to RGB; each slice of a volume is zero-padded to the largest of them.
+    """
+    image = image.clamp(0, 1)
     image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, *image.shape[1:])
-    return (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    if image.ndim == 3:
+        slices = [image]
+    else:
+        slices = [image.select(axis, image.shape[axis] // 2) for axis in (3, 2, 1)]
+    height, width = max(s.shape[1] for s in slices), max(s.shape[2] for s in slices)
+    padded = [F.pad(s, (0, width - s.shape[2], 0, height - s.shape[1])) for s in slices]
+    return (torch.cat(padded, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image  # MONAI's pillow extra
+def _save_png(array: np.ndarray, path: Path, caption: Sequence[str] = ()) -> None:
+    """Write ``array`` ``(H, W, 3)`` uint8 as a PNG, with the ``caption`` lines in a black strip above it."""
+    from PIL import Image, ImageDraw  # MONAI's pillow extra
 
-    Image.fromarray(array).save(path)
+    line = 12  # PIL's default bitmap font is 11 px high
+    canvas = Image.new("RGB", (array.shape[1], array.shape[0] + line * len(caption) + (4 if caption else 0)))
+    canvas.paste(Image.fromarray(array), (0, canvas.height - array.shape[0]))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(caption):
+        draw.text((4, 2 + line * i), text, fill=(255, 255, 255))
+    canvas.save(path)
 
 
 _EPOCH_FILE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")

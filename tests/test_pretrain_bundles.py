@@ -24,6 +24,7 @@ from bundle_helpers import REPO, SMALL_RUN, bundle_copy, error_messages, workflo
 from monai.bundle import ConfigWorkflow
 
 from frepa_monai.data import pretrain_2d_datalist, pretrain_3d_datalist
+from frepa_monai.transforms import scale_patch_size, scale_sigma_ratio
 
 SMALL = {  # SMALL_RUN has MLflow off; a test that checks it turns it on
     "frepa_pretrain_3d": {
@@ -66,8 +67,10 @@ def test_train_evaluate_inference(tmp_path, name):
     assert {"loss", "loss_rmse", "loss_grad", "loss_hfl", "loss_con"} <= set(terms)
     assert float(terms["loss_con"]) == 0.0  # epochs 1-2: still in the 5-epoch warm-up
     metrics = evaluator.state.metrics
-    assert set(metrics) == {"val_rmse", "val_rho_low", "val_rho_mid", "val_rho_high"}
-    assert 0 < metrics["val_rmse"] < 1 and all(0 < metrics[f"val_rho_{b}"] <= 1 for b in ("low", "mid", "high"))
+    bands = ("low", "mid", "high")
+    assert set(metrics) == {"val_rmse", *(f"val_rho_{b}" for b in bands), *(f"val_r2_{b}" for b in bands)}
+    assert 0 < metrics["val_rmse"] < 1 and all(0 < metrics[f"val_rho_{b}"] <= 1 for b in bands)
+    assert all(metrics[f"val_r2_{b}"] < 1 for b in bands)  # band R^2: 1 only for a perfect reconstruction
 
     models, out = root / "models", root / "eval"
     assert {"checkpoint_epoch=2.pt", "model.pt", "encoder.pt"} <= {p.name for p in models.iterdir()}
@@ -79,6 +82,7 @@ def test_train_evaluate_inference(tmp_path, name):
         runs = mlflow.search_runs(experiment_names=[name])
         assert len(runs) == 1
         assert {"metrics.rmse", "metrics.con", "metrics.val_rmse", "metrics.val_rho_high"} <= set(runs.columns)
+        assert {"metrics.val_r2_low", "metrics.val_r2_mid", "metrics.val_r2_high"} <= set(runs.columns)
     preview = out / "previews" / "preview_epoch_2.png"
     assert preview.is_file() and preview.stat().st_size > 1000
     encoder = torch.load(models / "encoder.pt", map_location="cpu", weights_only=True)
@@ -272,3 +276,30 @@ def test_switches_given_as_command_line_strings():
     strategy = wf.parser.get_parsed_content("strategy")
     assert loss.use_hfl is False and loss.use_grad is True and strategy.corrupt.prob_frequency == 0.0
     assert wf.parser.get_parsed_content("switches#mlflow") is False
+
+
+@pytest.mark.parametrize("name", ["frepa_pretrain_3d", "frepa_pretrain_2d"])
+def test_corruption_sizes_and_ratios_are_plain_config_keys(name):
+    """The corruption's sizes, ``prob_frequency`` and the mask ratios are plain keys that reach the strategies; by
+    default the sizes scale from the paper's working size, ``--literal_sizes true`` keeps its pixel values."""
+    configs = REPO / "bundles" / name / "configs"
+    spatial = (48, 48, 48) if name.endswith("3d") else (128, 128)
+
+    def strategy(**override):
+        wf = ConfigWorkflow(config_file=str(configs / "train.json"), logging_file=False, preset="cpu", **override)
+        return wf.parser.get_parsed_content("strategy")
+
+    corrupt = strategy().corrupt
+    assert corrupt.prob_frequency == 0.5 and corrupt.image.mask_ratio == 0.7
+    assert corrupt.frequency.sizes_at(spatial) == (scale_patch_size(16, spatial), scale_sigma_ratio(0.002, spatial))
+    assert corrupt.image.patch_size_at(spatial) == scale_patch_size(32 if len(spatial) == 2 else 16, spatial)
+    changed = strategy(
+        prob_frequency=0.25, mask_ratio=0.5, frequency_patch_size=8, image_patch_size=64, sigma_ratio=0.001
+    ).corrupt
+    assert changed.prob_frequency == 0.25 and changed.image.mask_ratio == 0.5
+    assert changed.frequency.sizes_at(spatial)[0] == scale_patch_size(8, spatial)
+    assert changed.image.patch_size_at(spatial) == scale_patch_size(64, spatial)
+    literal = strategy(literal_sizes="true").corrupt
+    assert literal.frequency.sizes_at(spatial) == (16, 0.002)
+    assert literal.image.patch_size_at(spatial) == (32 if len(spatial) == 2 else 16)
+    assert strategy(strategy_name="mae", mae_mask_ratio=0.6).mask_ratio == 0.6
