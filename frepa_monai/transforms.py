@@ -943,7 +943,9 @@ class FrepaCorruptd(_TorchSeeded, MapTransform):
             spatial_dims,
             literal_sizes=literal_sizes,
         )
-        self.image = HistogramEqualizedMask(image_patch_size, mask_ratio, fill, spatial_dims, literal_sizes=literal_sizes)
+        self.image = HistogramEqualizedMask(
+            image_patch_size, mask_ratio, fill, spatial_dims, literal_sizes=literal_sizes
+        )
         self.hessian = HessianFilter(sigmas, spatial_dims=spatial_dims) if use_hessian else None
         self.mask_key, self.strategy_key, self.hessian_key = mask_key, strategy_key, hessian_key
 

@@ -92,8 +92,8 @@ class Preset:
 
 
 PRESETS = {
-    "cpu": Preset("cpu", "cpu", "vit_tiny", 128, 8, 25, 0.002, False, 5, 3, 384, 3, 2, 40),
-    "gpu": Preset("gpu", "gpu", "vit_s", 256, 32, 30, 0.0003, True, 3, 1, 768, 1, 1, 20),
+    "cpu": Preset("cpu", "cpu", "vit_tiny", 128, 8, 25, 0.002, False, 5, 3, 384, 3, 2, 150),
+    "gpu": Preset("gpu", "gpu", "vit_s", 256, 32, 30, 0.0003, True, 3, 1, 768, 1, 1, 60),
 }
 """``cpu``: sized for this project's 2-core CPU (at most 90 minutes). ``gpu``: ViT-S/16 at 256 px with AMP, sized
 by estimate (data pipeline about 0.1 s a step, 15 s of start-up a run) for under 10 minutes on one modern GPU;

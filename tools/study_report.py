@@ -230,6 +230,7 @@ def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, tim
         f"- Vessel probe references: raw pixels + Hessian channel {_ci(reference['vessel']['methods']['pixels'])}, "
         f"Hessian filter with a threshold {_ci(reference['vessel']['methods']['frangi'])}, every pixel of the field of "
         f"view called vessel (a flat image) {_ci(reference['vessel']['methods']['flat'])}.",
+        *e2e_check(analysis),
         "",
         "## Setup",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
@@ -285,6 +286,20 @@ def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, tim
         "",
     ]
     output.write_text("\n".join(lines) + "\n")
+
+
+def e2e_check(analysis: dict) -> list[str]:
+    """Whether every trained head learned: its Dice above the flat image's (else the end-to-end number is void)."""
+    heads = analysis["metrics"].get("e2e", {}).get("methods", {})
+    if not heads:
+        return []
+    flat = analysis["metrics"]["vessel"]["methods"]["flat"]["estimate"]
+    learned = all(h["estimate"] > flat for h in heads.values())
+    scores = ", ".join(f"{_label(v)} {h['estimate']:.3f}" for v, h in heads.items())
+    return [
+        f"- Trained heads (end to end): Dice {scores} against {flat:.3f} for the flat image: "
+        + ("every head learned." if learned else "**not every head learned**: the end-to-end verdicts are void.")
+    ]
 
 
 def _stride(preset: study.Preset) -> int:
