@@ -41,6 +41,11 @@ __all__ = [
 FREQUENCY_BANDS = ("low", "mid", "high")
 
 
+def _check_band(band: str) -> None:
+    if band not in FREQUENCY_BANDS:
+        raise ValueError(f"band must be one of {FREQUENCY_BANDS}, got {band!r}.")
+
+
 def band_filters(
     spatial_shape: tuple[int, ...],
     low_cutoff_ratio: float = 0.05,
@@ -94,8 +99,7 @@ class FrequencyFidelityMetric(RegressionMetric):
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
     ) -> None:
-        if band not in FREQUENCY_BANDS:
-            raise ValueError(f"band must be one of {FREQUENCY_BANDS}, got {band!r}.")
+        _check_band(band)
         super().__init__(reduction=reduction, get_not_nans=get_not_nans)
         self.band = band
         self.low_cutoff_ratio, self.high_cutoff_ratio = low_cutoff_ratio, high_cutoff_ratio
@@ -118,8 +122,7 @@ def band_energies(
     ``mean(target)`` is the spatial mean of each image and channel; the band filters ``O_k`` are those of
     :func:`frequency_fidelity`. Inputs ``(B, C, *spatial)``, 2 or 3 spatial dims.
     """
-    if band not in FREQUENCY_BANDS:
-        raise ValueError(f"band must be one of {FREQUENCY_BANDS}, got {band!r}.")
+    _check_band(band)
     if pred.shape != target.shape or pred.ndim not in (4, 5):
         raise ValueError(
             f"band_r2: expected two (B, C, H, W[, D]) tensors of one shape, got {tuple(pred.shape)} and "
@@ -176,8 +179,7 @@ class BandR2Metric(CumulativeIterationMetric):
     """
 
     def __init__(self, band: str = "high", low_cutoff_ratio: float = 0.05, high_cutoff_ratio: float = 0.25) -> None:
-        if band not in FREQUENCY_BANDS:
-            raise ValueError(f"band must be one of {FREQUENCY_BANDS}, got {band!r}.")
+        _check_band(band)
         super().__init__()
         self.band = band
         self.low_cutoff_ratio, self.high_cutoff_ratio = low_cutoff_ratio, high_cutoff_ratio
