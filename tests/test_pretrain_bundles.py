@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from bundle_helpers import REPO, SMALL_RUN, bundle_copy, error_messages, workflow
 from monai.bundle import ConfigWorkflow
 
@@ -47,8 +48,12 @@ INFER_SMALL = {
 }
 
 
-def train(root: Path, name: str, **override) -> ConfigWorkflow:
+def train(root: Path, name: str, stop_after_epoch: int | None = None, **override) -> ConfigWorkflow:
+    """Train a small run; ``stop_after_epoch`` ends it after that epoch's handlers, as a kill would (same config)."""
     wf = workflow(root, ["train.json"], **{**SMALL[name], **override})
+    if stop_after_epoch is not None:
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda engine: engine.terminate())
     wf.run()
     wf.finalize()
     return wf
@@ -123,7 +128,7 @@ def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
     whole = bundle_copy(tmp_path / "whole", name)
     train(whole, name)
     parts = bundle_copy(tmp_path / "parts", name)
-    train(parts, name, **{"cpu_settings#max_epochs": 1})
+    train(parts, name, stop_after_epoch=1)  # the same max_epochs, so the same cosine LR schedule
     assert (parts / "models" / "checkpoint_epoch=1.pt").is_file()
     resumed = train(parts, name)  # same command again: resumes from checkpoint_epoch=1.pt
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
