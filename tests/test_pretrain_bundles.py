@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
 from bundle_helpers import REPO, SMALL_RUN, bundle_copy, error_messages, workflow
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from frepa_monai.data import pretrain_2d_datalist, pretrain_3d_datalist
