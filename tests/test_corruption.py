@@ -1,4 +1,4 @@
-"""Properties of the Frepa corruption transforms (spec section 1), on real sample images where it matters."""
+"""Properties of the Frepa corruptions (paper 3.1, 3.2), on real sample images where it matters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.metrics import compute_roc_auc
 from monai.transforms import LoadImage, ScaleIntensity
 
 from frepa_monai.data import SAMPLE_DIR, load_index
@@ -18,19 +17,14 @@ from frepa_monai.transforms import (
     FREQUENCY,
     IMAGE,
     PAPER_SIZE,
+    FrepaCorrupt,
     FrepaCorruptd,
     FrequencyDualMask,
     FrequencyDualMaskd,
-    GaussianHighPass,
-    GaussianHighPassd,
     HessianFilter,
     HessianFilterd,
     HistogramEqualizedMask,
     HistogramEqualizedMaskd,
-    MaskToBox,
-    MaskToBoxd,
-    ValidateLabel,
-    ValidateLabeld,
     scale_patch_size,
     scale_sigma_ratio,
 )
@@ -321,9 +315,9 @@ def test_sizes_scale_from_the_paper_working_size():
     assert scale_patch_size(16, (8, 8)) == 1
     assert scale_sigma_ratio(0.002, (128, 128)) == pytest.approx(0.008)
     assert scale_sigma_ratio(0.002, (64, 64, 64)) == pytest.approx(0.002 * 2**1.5)
-    t = FrepaCorruptd(spatial_dims=2)
+    t = FrepaCorruptd(spatial_dims=2).transform  # the one FrepaCorrupt the twin owns
     assert t.frequency.sizes_at((128, 128)) == (4, pytest.approx(0.008)) and t.image.patch_size_at((128, 128)) == 8
-    literal = FrepaCorruptd(spatial_dims=3, literal_sizes=True)
+    literal = FrepaCorruptd(spatial_dims=3, literal_sizes=True).transform
     assert literal.frequency.sizes_at((48, 48, 48)) == (16, 0.002) and literal.image.patch_size_at((48, 48, 48)) == 16
 
 
@@ -335,43 +329,6 @@ def test_perturbation_rmse_of_a_real_volume_is_kept_at_48_and_64_voxels(volume):
         noise = FrequencyDualMask(high_freq_mask=False, spatial_dims=3).set_random_state(0)
         rmse[size] = error_by_band(noise, x.expand(4, -1, -1, -1, -1), draws=1)[1]
     assert rmse[64] == pytest.approx(rmse[128], rel=0.1) and rmse[48] == pytest.approx(rmse[128], rel=0.1)
-
-
-class TestHessianFilter:
-    def test_high_on_vessels_low_on_flat_background_of_real_fundus(self, fundus):
-        image, vessels, fov = fundus
-        ridges = HessianFilter()(image)[0]
-        assert ridges.shape == vessels.shape and 0.0 <= ridges.min() and ridges.max() == 1.0
-        inside = fov & ~torch.nn.functional.max_pool2d(vessels[None, None].float(), 9, 1, 4)[0, 0].bool()
-        # measured on Image_01L: 0.100 on vessels, 0.035 on background, ROC AUC 0.82
-        assert ridges[vessels].mean() > 2.5 * ridges[inside].mean()
-        scores = torch.cat([ridges[vessels], ridges[inside]])
-        truth = torch.cat([torch.ones(int(vessels.sum())), torch.zeros(int(inside.sum()))])
-        assert compute_roc_auc(scores, truth) > 0.8
-
-    def test_3d_tube_is_ridge_and_flat_volume_is_zero(self):
-        grid = torch.stack(torch.meshgrid(*[torch.arange(32.0)] * 3, indexing="ij"))
-        tube = torch.exp(-((grid[0] - 16) ** 2 + (grid[1] - 16) ** 2) / 4.0)[None]  # along the last axis
-        ridges = HessianFilter()(tube)[0]
-        assert ridges[16, 16, 8:24].mean() > 0.8 and ridges[4, 4, :].max() < 0.05
-        assert torch.equal(HessianFilter()(torch.full((1, 20, 20, 20), 3.0)), torch.zeros(1, 20, 20, 20))
-
-    def test_polarity(self):
-        line = torch.zeros(1, 48, 48)
-        line[0, 24, :] = 1.0  # a bright ridge
-        assert HessianFilter(polarity="bright")(line)[0, 24, 10:38].mean() > 0.5
-        assert HessianFilter(polarity="dark")(line)[0, 24, 10:38].max() < 0.05
-        assert HessianFilter(polarity="dark")(-line)[0, 24, 10:38].mean() > 0.5
-
-    def test_batched_numpy_and_dict_append(self):
-        x = np.random.default_rng(0).random((2, 3, 40, 40)).astype(np.float32)
-        out = HessianFilter(spatial_dims=2)(x)
-        assert isinstance(out, np.ndarray) and out.shape == (2, 1, 40, 40)
-        np.testing.assert_allclose(out[1], HessianFilter()(x[1]), atol=1e-6)
-        d = HessianFilterd(keys="image", append=True)({"image": torch.rand(3, 32, 32)})
-        assert d["image"].shape == (4, 32, 32)
-        d = HessianFilterd(keys="image")({"image": torch.rand(1, 16, 16, 16)})
-        assert d["image_hessian"].shape == (1, 16, 16, 16)
 
 
 class TestBadInput:
@@ -439,7 +396,7 @@ class TestFrepaCorruptd:
         x = {"image": torch.rand(40, 1, 32, 32)}
         only_image = FrepaCorruptd(frequency_mask=False, spatial_dims=2).set_random_state(0)(x)
         assert (only_image["strategy_view1"] == IMAGE).all()
-        only_freq = FrepaCorruptd(image_mask=False, use_hessian=False, spatial_dims=2).set_random_state(0)(x)
+        only_freq = FrepaCorruptd(image_mask=False, spatial_dims=2, hessian_key=None).set_random_state(0)(x)
         assert (only_freq["strategy_view2"] == FREQUENCY).all() and "hessian" not in only_freq
         identity = FrepaCorruptd(image_mask=False, high_freq_mask=False, low_freq_perturb=False, spatial_dims=2)(x)
         torch.testing.assert_close(identity["image_view1"], x["image"])
@@ -472,118 +429,33 @@ def test_histogram_masking_keeps_a_grey_image_grey():
     assert mask.any() and torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])
 
 
-# ---------------------------------------------------------------- downstream labels
-
-
-def _loaded(array: np.ndarray, path, tmp_path):
-    """``array`` written as a real NIfTI file and read back with MONAI (a MetaTensor that knows its file)."""
-    import nibabel as nib
-    from monai.transforms import LoadImage
-
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / path))
-    return LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / path))
-
-
-def test_validate_label_names_the_file_and_the_undeclared_classes(tmp_path):
-    good = _loaded(np.array([[0, 1], [2, 1]], dtype=np.uint8), "good.nii.gz", tmp_path)
-    assert ValidateLabel(3)(good) is good
-    with pytest.raises(ValueError, match=r"bad\.nii\.gz' holds classes \[255\].*declares 2 classes"):
-        ValidateLabel(2)(_loaded(np.array([[0, 255]], dtype=np.uint8), "bad.nii.gz", tmp_path))
-    with pytest.raises(ValueError, match=r"frac\.nii\.gz' holds non-integer values"):
-        ValidateLabel(2)(_loaded(np.array([[0.0, 0.5]], dtype=np.float32), "frac.nii.gz", tmp_path))
-    with pytest.raises(ValueError, match=r"holds classes \[-1\]"):
-        ValidateLabel(2)(torch.tensor([[[0, -1]]]))
-    with pytest.raises(ValueError, match="expected one channel"):
-        ValidateLabel(2)(torch.zeros(3, 4, 4))
-
-
-def test_validate_labeld_checks_the_size_against_the_image(tmp_path):
-    image = _loaded(np.zeros((6, 5), dtype=np.float32), "img.nii.gz", tmp_path)
-    label = _loaded(np.zeros((6, 4), dtype=np.uint8), "lab.nii.gz", tmp_path)
-    with pytest.raises(
-        ValueError, match=r"lab\.nii\.gz' has spatial size \(6, 4\) but its image '.*img\.nii\.gz' has \(6, 5\)"
-    ):
-        ValidateLabeld("label", num_classes=2)({"image": image, "label": label})
-    out = ValidateLabeld("label", num_classes=2, image_key=None)({"image": image, "label": label})
-    assert out["label"] is label
-
-
-def test_mask_to_box_is_the_normalised_extent_of_the_foreground():
-    mask = torch.zeros(1, 10, 20)
-    mask[0, 2:5, 3:9] = 1
-    mask[0, 7, 15] = 2  # a second component: the box covers both
-    assert torch.equal(MaskToBox()(mask), torch.tensor([0.2, 0.15, 0.8, 0.8, 1.0]))
-    assert torch.equal(MaskToBox()(torch.zeros(1, 10, 20)), torch.zeros(5))  # no object
-    vol = np.zeros((1, 8, 4, 16), dtype=np.uint8)
-    vol[0, 1:3, 0:4, 15] = 1
-    box = MaskToBoxd("label", box_keys="box")({"label": vol})["box"]
-    assert torch.equal(box, torch.tensor([1 / 8, 0.0, 15 / 16, 3 / 8, 1.0, 1.0, 1.0]))
-
-
-def test_mask_to_box_follows_a_flip_of_the_mask():
-    """Computed after the spatial transforms, the target box moves with the image: a flip mirrors it."""
-    mask = torch.zeros(1, 16, 16)
-    mask[0, 2:6, 9:12] = 1
-    flipped = MaskToBox()(torch.flip(mask, dims=[1]))
-    assert torch.allclose(flipped, torch.tensor([1 - 6 / 16, 9 / 16, 1 - 2 / 16, 12 / 16, 1.0]))
-
-
 # ----------------------------------------------------------------------------------------------------------
-# GaussianHighPass (paper Fig. 1a)
+# dictionary twins: one draw shared by every key (MONAI's default), the array transform underneath
 # ----------------------------------------------------------------------------------------------------------
 
 
-def cosine(shape, k: int) -> torch.Tensor:
-    """``cos(2 pi k x / W)`` along the last axis of a ``(C, H, W)`` image: one frequency at distance ``k``."""
-    x = torch.arange(shape[-1], dtype=torch.float64)
-    return torch.cos(2 * math.pi * k * x / shape[-1]).expand(*shape).clone()
+@pytest.mark.parametrize("twin", [FrequencyDualMaskd, HistogramEqualizedMaskd], ids=lambda c: c.__name__)
+def test_twins_share_one_draw_across_keys_unless_told_otherwise(twin):
+    """Two keys holding one image get the same corruption; ``shared_draw=False`` draws per key, and the first key
+    then gets what the array transform with the same seed gives."""
+    x = torch.rand(1, 64, 64)
+    shared = twin(keys=["a", "b"], spatial_dims=2).set_random_state(3)({"a": x, "b": x.clone()})
+    assert not torch.equal(shared["a"], x) and torch.equal(shared["a"], shared["b"])
+    apart = twin(keys=["a", "b"], spatial_dims=2, shared_draw=False).set_random_state(3)({"a": x, "b": x.clone()})
+    assert not torch.equal(apart["a"], apart["b"])
+    array = twin(keys="a", spatial_dims=2).transform.__class__
+    reference = array(spatial_dims=2).set_random_state(3)(x)
+    assert torch.equal(apart["a"], reference) and torch.equal(shared["a"], reference)
 
 
-@pytest.mark.parametrize("k", [1, 3, 10, 31])
-def test_highpass_scales_a_tone_by_the_gaussian_transfer_function(k):
-    n, cutoff_ratio = 64, 0.1  # d_c = 6.4 frequency-index units
-    tone = cosine((1, n, n), k)
-    out = GaussianHighPass(cutoff_ratio, keep_mean=False)(tone)
-    gain = 1 - math.exp(-(k**2) / (cutoff_ratio * n) ** 2)
-    torch.testing.assert_close(out, gain * tone, atol=1e-6, rtol=0)
+def test_frepa_corruptd_is_its_array_transform_plus_the_hessian_channel(fundus):
+    image = fundus[0][:, :128, :128]
+    d = FrepaCorruptd(keys="image", spatial_dims=2).set_random_state(11)({"image": image})
+    views = FrepaCorrupt(spatial_dims=2).set_random_state(11)(image)
+    for i in (1, 2):
+        assert torch.equal(d[f"image_view{i}"], views.views[i - 1])
+        assert torch.equal(d[f"mask_view{i}"], views.masks[i - 1])
+        assert int(d[f"strategy_view{i}"]) == int(views.strategies[i - 1])
+    assert torch.equal(d["hessian"], HessianFilter(spatial_dims=2)(image))
+    assert "hessian" not in FrepaCorruptd(keys="image", hessian_key=None)({"image": image})
 
-
-def test_highpass_removes_low_frequencies_of_a_real_image_and_keeps_its_mean(fundus):
-    image = fundus[0][:, :256, :256].contiguous()
-    out = GaussianHighPass(0.05)(image)
-    assert out.shape == image.shape and out.dtype == image.dtype
-    torch.testing.assert_close(out.mean(dim=(1, 2)), image.mean(dim=(1, 2)), atol=1e-5, rtol=0)
-    f_in, f_out = spectrum(image[None])[0], spectrum(out[None])[0]
-    d = squared_frequency_distance((256, 256)).sqrt()
-    low = (d > 0) & (d <= 2)  # H <= 1 - exp(-4 / 12.8^2) = 0.024
-    high = d >= 40  # H >= 1 - exp(-1600 / 163.8) = 0.99994
-    assert f_out[:, low].abs().sum() < 0.03 * f_in[:, low].abs().sum()
-    torch.testing.assert_close(f_out[:, high], f_in[:, high], atol=1e-3, rtol=1e-3)
-    plain = GaussianHighPass(0.05, keep_mean=False)(image)
-    assert plain.mean(dim=(1, 2)).abs().max() < 1e-5
-    torch.testing.assert_close(out - plain, image.mean(dim=(1, 2), keepdim=True).expand_as(out), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_highpass_batches_types_and_dictionary_twin(device):
-    batch = torch.rand(2, 3, 32, 40, device=device)
-    f = GaussianHighPass(0.1, spatial_dims=2)
-    out = f(batch)
-    assert out.device == batch.device and out.shape == batch.shape
-    torch.testing.assert_close(out[1], GaussianHighPass(0.1)(batch[1]))
-    volume = torch.rand(1, 16, 16, 16, device=device).double()
-    assert GaussianHighPass(0.1)(volume).dtype == torch.float64
-    numpy_out = GaussianHighPass(0.1)(batch[0].cpu().numpy())
-    assert isinstance(numpy_out, np.ndarray)
-    np.testing.assert_allclose(numpy_out, out[0].cpu().numpy(), atol=1e-5)
-    d = GaussianHighPassd(keys="image", cutoff_ratio=0.1)({"image": batch[0], "label": 1})
-    torch.testing.assert_close(d["image"], out[0])
-    assert d["label"] == 1
-
-
-def test_highpass_rejects_bad_cutoffs_and_names_the_file_with_nan():
-    with pytest.raises(ValueError, match="cutoff_ratio"):
-        GaussianHighPass(0.0)
-    image = MetaTensor(torch.full((1, 8, 8), float("nan")), meta={"filename_or_obj": "slice_07.nii.gz"})
-    with pytest.raises(ValueError, match="key 'image'.*slice_07.nii.gz.*NaN"):
-        GaussianHighPassd("image", 0.1)({"image": image})
