@@ -1,4 +1,4 @@
-"""Tests of the MAE and MFM baselines (frepa_monai.baselines) and the ViT visible-token path."""
+"""Tests of the MAE and MFM baselines (frepa_monai.strategies, frepa_monai.losses) and the ViT visible-token path."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ import math
 import pytest
 import torch
 
-from frepa_monai.baselines import (
-    MAEStrategy,
-    MaskedFrequencyL1Loss,
-    MaskedPatchMSELoss,
-    MFMStrategy,
-    circular_frequency_mask,
-    patch_to_pixel_mask,
-    random_patch_mask,
-    unwrap,
-)
-from frepa_monai.networks import build_autoencoder, build_encoder
+from frepa_monai.losses import MaskedFrequencyL1Loss, MaskedPatchMSELoss, patch_to_pixel_mask
+from frepa_monai.networks import MaskTokens, build_autoencoder, build_encoder
+from frepa_monai.strategies import MAEStrategy, MFMStrategy, circular_frequency_mask, random_patch_mask, unwrap
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +26,9 @@ def _images(batch: int, channels: int, *spatial: int) -> torch.Tensor:
     return 0.1 + 0.9 * torch.rand(batch, channels, *spatial)
 
 
-def _tiny(name: str, spatial_dims: int, channels: int, size: int = 32, hessian: bool = False):
-    return build_autoencoder(name, spatial_dims, channels + hessian, size, out_channels=channels)
+def _tiny(name: str, spatial_dims: int, channels: int, size: int = 32, hessian: bool = False, mae: bool = True):
+    """A tiny autoencoder, with MAE's mask token (on a ViT) unless ``mae=False``, as the bundles build it."""
+    return build_autoencoder(name, spatial_dims, channels + hessian, size, out_channels=channels, mask_token=mae)
 
 
 def _reference_removed(spatial, radius: float, low_pass: bool) -> torch.Tensor:
@@ -101,40 +94,51 @@ def test_norm_pix_loss_normalises_each_patch_like_mae():
     assert loss(loss.normalize_patches(target), target, mask) < 1e-10
 
 
-def test_vit_forward_visible_with_all_tokens_is_the_forward():
+def test_vit_encode_visible_with_all_tokens_is_the_forward():
     encoder = build_encoder("vit_tiny", 2, 3, 32).eval()
     x = torch.rand(2, 3, 32, 32)
     n = encoder.num_tokens
     everything = torch.arange(n).expand(2, n)
-    assert torch.equal(encoder.forward_visible(x, everything), encoder(x))
+    grid = encoder(x)  # (B, hidden, 4, 4)
+    assert torch.equal(encoder.encode_visible(x, everything).transpose(1, 2).reshape(grid.shape), grid)
     tokens, _ = encoder.vit(x)  # MONAI's ViT forward
-    assert torch.equal(encoder(x), tokens.transpose(1, 2).reshape(2, 96, 4, 4))
+    assert torch.equal(grid, tokens.transpose(1, 2).reshape(2, 96, 4, 4))
     shuffled = torch.stack([torch.randperm(n), torch.randperm(n)])  # attention is permutation-equivariant
-    assert torch.allclose(encoder.forward_visible(x, shuffled), encoder(x), atol=1e-5)
+    out = encoder.encode_visible(x, shuffled)  # (B, N, hidden) in the order of `shuffled`
+    in_order = grid.flatten(2).transpose(1, 2).gather(1, shuffled[..., None].expand(-1, -1, 96))
+    assert torch.allclose(out, in_order, atol=1e-5)
 
 
-def test_vit_forward_visible_sees_only_visible_tokens():
+def test_mae_encoder_sees_only_visible_tokens_and_the_mask_token_fills_the_rest():
     encoder = build_encoder("vit_tiny", 2, 3, 32).eval()
+    tokens = MaskTokens(encoder.out_channels)
     with torch.no_grad():
-        encoder.mask_token.normal_()
+        tokens.token.normal_()
     x = torch.rand(2, 3, 32, 32)
     masked, visible = random_patch_mask(2, encoder.num_tokens, 12, _gen(), "cpu")  # 4 of 16 tokens visible
-    out = encoder.forward_visible(x, visible).flatten(2).transpose(1, 2)  # (B, N, hidden)
-    assert torch.equal(out[masked], encoder.mask_token[0].expand(int(masked.sum()), -1))
+    out = tokens(encoder.encode_visible(x, visible), visible, encoder.grid_size).flatten(2).transpose(1, 2)
+    assert torch.equal(out[masked], tokens.token[0].expand(int(masked.sum()), -1))
     # new content in the masked patches changes nothing
     pixel = patch_to_pixel_mask(masked.view(2, 4, 4), encoder.stride, (32, 32))
     y = torch.where(pixel, torch.rand_like(x), x)
-    assert torch.equal(encoder.forward_visible(y, visible).flatten(2).transpose(1, 2), out)
+    again = tokens(encoder.encode_visible(y, visible), visible, encoder.grid_size).flatten(2).transpose(1, 2)
+    assert torch.equal(again, out)
 
 
-def test_mask_token_is_trained_by_mae_and_only_by_mae():
+def test_mask_token_lives_in_the_mae_autoencoder_only_and_only_mae_trains_it():
+    assert not any("mask" in k for k in build_encoder("vit_tiny", 2, 3, 32).state_dict())
+    assert build_autoencoder("vit_tiny", 2, 3, 32, out_channels=3).mask_tokens is None
+    assert build_autoencoder("convnext_tiny", 2, 3, 32, out_channels=3, mask_token=True).mask_tokens is None
     net = _tiny("vit_tiny", 2, 3)
-    assert net.encoder.mask_token.shape == (1, 1, 96) and not net.encoder.mask_token.any()
+    assert net.mask_tokens.token.shape == (1, 1, 96) and not net.mask_tokens.token.any()
     MFMStrategy(2)(net, _images(2, 3, 32, 32), epoch=1).loss.backward()
-    assert net.encoder.mask_token.grad is not None and not net.encoder.mask_token.grad.any()
+    assert net.mask_tokens.token.grad is None
     net.zero_grad()
     MAEStrategy(2)(net, _images(2, 3, 32, 32), epoch=1).loss.backward()
-    assert net.encoder.mask_token.grad.abs().sum() > 0
+    assert net.mask_tokens.token.grad.abs().sum() > 0
+    plain = build_autoencoder("vit_tiny", 2, 3, 32, out_channels=3)
+    with pytest.raises(ValueError, match="mask_token=True"):
+        MAEStrategy(2)(plain, _images(1, 3, 32, 32), epoch=1)
 
 
 def test_mae_vit_runs_through_wrappers():
@@ -306,7 +310,7 @@ def test_same_seed_same_step(strategy_class):
     ],
 )
 def test_adam_steps_lower_the_loss(name, spatial_dims, channels, strategy_class):
-    net = _tiny(name, spatial_dims, channels)
+    net = _tiny(name, spatial_dims, channels, mae=strategy_class is MAEStrategy)
     kwargs = {"patch_size": 8} if strategy_class is MAEStrategy and name != "vit_tiny" else {}
     strategy = strategy_class(spatial_dims, **kwargs)
     images = _images(2, channels, *(32,) * spatial_dims)

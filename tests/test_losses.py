@@ -1,4 +1,4 @@
-"""Properties of the Frepa losses (spec section 2, paper Eq. 7-11)."""
+"""Properties of the Frepa losses (paper section 3.2, Eq. 7-11)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from frepa_monai.losses import (
+    DetectionLoss,
     EmbeddingConsistencyLoss,
     FocalFrequencyLoss,
     FrepaLoss,
     GradientLoss,
     HierarchicalFrequencyLoss,
     MaskedRMSELoss,
+    giou_loss,
 )
+from frepa_monai.networks import DetectionHead
 
 IMAGE_LOSSES = [MaskedRMSELoss, GradientLoss, HierarchicalFrequencyLoss, FocalFrequencyLoss]
 
@@ -162,3 +165,15 @@ class TestFrepaLoss:
             FrepaLoss()([torch.rand(1, 3, 8, 8)], torch.rand(1, 3, 8, 9))
         with pytest.raises(ValueError, match="2 reconstructions but 1 masks"):
             FrepaLoss()(self.recons, self.target, masks=[None])
+
+
+def test_giou_loss_and_detection_loss():
+    box = torch.tensor([[0.1, 0.1, 0.5, 0.6]])
+    assert giou_loss(box, box).item() == pytest.approx(0.0, abs=1e-6)
+    far = torch.tensor([[0.7, 0.7, 0.9, 0.9]])
+    assert giou_loss(box, far).item() > 1.0  # disjoint boxes: GIoU < 0
+    head = DetectionHead(16, 3)
+    target = torch.tensor([[0.2, 0.2, 0.2, 0.6, 0.7, 0.5, 1.0], [0, 0, 0, 0, 0, 0, 0.0]])
+    loss = DetectionLoss()(head(torch.rand(2, 16, 2, 2, 2)), target)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in head.parameters())

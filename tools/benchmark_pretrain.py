@@ -19,9 +19,8 @@ import time
 
 import torch
 
-from frepa_monai.baselines import MAEStrategy, MFMStrategy
 from frepa_monai.networks import build_autoencoder
-from frepa_monai.strategies import FrepaStrategy
+from frepa_monai.strategies import FrepaStrategy, MAEStrategy, MFMStrategy
 
 
 def step_time(strategy, network, optimizer, images, hessian, repeats: int) -> list[float]:
@@ -67,7 +66,9 @@ def main() -> None:
             nets = {}
             for name, (_, with_hessian, _) in cases.items():
                 torch.manual_seed(args.seed)
-                net = build_autoencoder(encoder, dims, channels + int(with_hessian), size, out_channels=channels)
+                net = build_autoencoder(
+                    encoder, dims, channels + int(with_hessian), size, out_channels=channels, mask_token=name == "mae"
+                )
                 nets[name] = (net, torch.optim.Adam(net.parameters(), lr=1e-4))
             samples: dict[str, list[float]] = {name: [] for name in cases}
             for _ in range(3):

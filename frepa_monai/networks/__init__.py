@@ -1,7 +1,7 @@
-"""Frepa networks (spec section 3): encoders, decoder, autoencoder, 2D-to-3D slice transformer, task heads,
+"""Frepa networks (paper sections 3.3 and 4.1): encoders, decoder, autoencoder, 2D-to-3D slice transformer, task heads,
 the frequency-disentangled comparison network, and encoder checkpoints."""
 
-from frepa_monai.networks.autoencoder import FrepaAutoEncoder, build_autoencoder
+from frepa_monai.networks.autoencoder import FrepaAutoEncoder, MaskTokens, build_autoencoder
 from frepa_monai.networks.checkpoint import (
     EncoderLoadReport,
     build_encoder_from_checkpoint,
@@ -19,7 +19,6 @@ from frepa_monai.networks.encoders import (
     SwinEncoder,
     ViTEncoder,
     build_encoder,
-    build_whole_network,
     pad_to_multiple,
 )
 from frepa_monai.networks.factory import (
@@ -29,15 +28,14 @@ from frepa_monai.networks.factory import (
     build_pretrained_whole_network,
     build_slice_transformer,
     build_task_network,
+    build_whole_network,
 )
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet, frequency_split
 from frepa_monai.networks.heads import (
     ClassificationHead,
     DetectionHead,
-    DetectionLoss,
     FrepaTaskNet,
     SegmentationHead,
-    giou_loss,
 )
 from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_embedding_1d, sinusoidal_embedding_2d
 
@@ -51,9 +49,9 @@ __all__ = [
     "ConvNeXtBlock",
     "ConvNeXtEncoder",
     "DetectionHead",
-    "DetectionLoss",
     "EncoderLoadReport",
     "FrepaAutoEncoder",
+    "MaskTokens",
     "FrepaTaskNet",
     "FrequencyDisentangledNet",
     "MedNeXtEncoder",
@@ -70,7 +68,6 @@ __all__ = [
     "build_task_network",
     "build_whole_network",
     "frequency_split",
-    "giou_loss",
     "load_encoder_weights",
     "pad_to_multiple",
     "read_encoder_checkpoint",

@@ -28,6 +28,7 @@ __all__ = [
 _CONFIG_KEYS = ("name", "spatial_dims", "in_channels", "img_size")
 _STATE_DICT_KEYS = ("state_dict", "network", "model", "net")
 _PREFIXES = ("module.", "_orig_mod.")
+_LEGACY_KEYS = ("mae.mask_token",)  # MAE's mask token sat in the ViT encoder before it moved to MaskTokens
 
 
 @dataclass
@@ -104,7 +105,7 @@ def read_encoder_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Te
         raise ValueError(f"'{path}' holds no weights (keys: {sorted(map(str, obj))[:10]}).")
     if any(k.startswith("encoder.") for k in tensors):
         tensors = {_strip_prefixes(k[len("encoder.") :]): v for k, v in tensors.items() if k.startswith("encoder.")}
-    return tensors, config
+    return {k: v for k, v in tensors.items() if k not in _LEGACY_KEYS}, config
 
 
 def _first(keys: list[str], n: int = 6) -> str:

@@ -1,4 +1,4 @@
-"""Frepa image encoders (paper 4.1.1 and 4.1.2, spec section 3) built from MONAI networks.
+"""Frepa image encoders (paper sections 4.1.1 and 4.1.2) built from MONAI networks.
 
 Every encoder maps ``(B, in_channels, *spatial)`` to a channel-first feature map
 ``(B, out_channels, *ceil(spatial / stride))`` and exposes:
@@ -34,10 +34,10 @@ name               paper dims  architecture                                     
 
 The paper's 35.1M and 34.8M are whole networks: ``SwinUNETR(feature_size=36)`` measures 35.07M and MedNeXt-L
 (``init_filters=24``, residual connections as in MONAI's ``create_mednext("L")``) 34.81M; build them with
-:func:`build_whole_network`, whose encoder parameters have the same names as these presets' so pretrained
-encoder weights load into them. ``vit_1024``: the paper gives only "dim=1024"; with MONAI's ``ViT`` a 1024-wide,
-MLP ratio 4 ViT at 128^3 / patch 16 has 34.1M parameters with 2 layers (29.9M with one input channel); each
-further layer adds 12.6M, so 2 layers is the depth that fits 32.0M.
+:func:`~frepa_monai.networks.factory.build_whole_network`, whose encoder parameters have the same names as these
+presets' so pretrained encoder weights load into them. ``vit_1024``: the paper gives only "dim=1024"; with
+MONAI's ``ViT`` a 1024-wide, MLP ratio 4 ViT at 128^3 / patch 16 has 34.1M parameters with 2 layers (29.9M with
+one input channel); each further layer adds 12.6M, so 2 layers is the depth that fits 32.0M.
 
 ``vit_s`` (ViT-S/16, hidden 384, 12 layers, 6 heads) is the study's GPU preset (``tools/reproduce.py --preset
 gpu``). All presets work in 2D and 3D. The ``*_tiny`` presets (``vit_tiny``, ``swin_tiny``, ``convnext_tiny``,
@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, TransformerBlock
 from monai.networks.blocks.mednext_block import MedNeXtBlock
-from monai.networks.nets import MedNeXt, SwinUNETR, ViT
+from monai.networks.nets import MedNeXt, ViT
 from monai.networks.nets.swin_unetr import SwinTransformer
 from monai.utils import ensure_tuple_rep
 
@@ -67,7 +67,6 @@ __all__ = [
     "ConvNeXtEncoder",
     "MedNeXtEncoder",
     "build_encoder",
-    "build_whole_network",
     "pad_to_multiple",
     "freeze_unused_cross_attention_norms",
 ]
@@ -180,7 +179,7 @@ ENCODER_PRESETS: dict[str, dict] = {
     },
 }
 
-_DOC_KEYS = ("arch", "paper_spatial_dims", "paper_params")
+PRESET_DOC_KEYS = ("arch", "paper_spatial_dims", "paper_params")
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: Sequence[int]) -> torch.Tensor:
@@ -217,12 +216,9 @@ class ViTEncoder(nn.Module):
     ``(B, in_channels, *img_size)`` -> ``(B, hidden_size, *img_size / patch_size)``. The input must have exactly
     ``img_size`` (the learnt position embedding is defined on that grid); a ``ValueError`` names both sizes.
 
-    For MAE (:class:`~frepa_monai.baselines.MAEStrategy`), :meth:`forward_visible` runs the transformer on the
-    visible tokens only and fills the masked grid positions with ``mask_token``, a learnable ``(1, 1, hidden_size)``
-    parameter initialised to zeros (the only parameter beyond MONAI's ``ViT``; state dict key ``mae.mask_token``).
-    ``forward(x, visible)`` is ``forward_visible``; ``forward(x)`` (every token visible) gives the same output as
-    ``ViT``'s tokens, and the mask token is scattered nowhere but stays in the graph, so it always receives a
-    (zero) gradient, as ``DistributedDataParallel`` requires of every trainable parameter.
+    For MAE (:class:`~frepa_monai.strategies.MAEStrategy`), :meth:`encode_visible` runs the transformer on the
+    visible tokens only; the autoencoder's :class:`~frepa_monai.networks.MaskTokens` put them back on the grid. The
+    encoder holds exactly MONAI's ``ViT`` parameters: ``forward(x)`` gives ``ViT``'s tokens as a grid.
     """
 
     def __init__(
@@ -263,33 +259,27 @@ class ViTEncoder(nn.Module):
             qkv_bias=qkv_bias,
         )
         freeze_unused_cross_attention_norms(self.vit)
-        # a child registered after ``vit`` (state dict key ``mae.mask_token``), so ``vit.*`` keys stay first
-        self.mae = nn.ParameterDict({"mask_token": nn.Parameter(torch.zeros(1, 1, hidden_size))})
-
-    @property
-    def mask_token(self) -> nn.Parameter:
-        """The learnable MAE mask token ``(1, 1, hidden_size)``, zeros-initialised."""
-        return self.mae["mask_token"]
 
     @property
     def num_tokens(self) -> int:
         """Number of patch tokens ``N = prod(grid_size)``, in C order of the grid."""
         return math.prod(self.grid_size)
 
-    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, in_channels, *img_size)`` -> ``(B, hidden_size, *grid_size)``; ``visible``: :meth:`forward_visible`."""
-        return self.forward_visible(x, visible)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, *img_size)`` -> ``(B, hidden_size, *grid_size)``."""
+        tokens = self.encode_visible(x, None)
+        return tokens.transpose(1, 2).reshape(x.shape[0], self.out_channels, *self.grid_size)
 
-    def forward_visible(self, x: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
-        """Encode only the ``visible`` tokens of ``x`` (MAE encoder); masked grid positions get ``mask_token``.
+    def encode_visible(self, x: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+        """Encode only the ``visible`` tokens of ``x`` (MAE's encoder).
 
         Args:
             x: ``(B, in_channels, *img_size)``; patch embedding and position embedding see the whole input.
             visible: ``(B, N_visible)`` long indices into the ``N = prod(grid_size)`` tokens (C order of the
-                grid), the same count for every image; ``None`` means every token (:meth:`forward`).
+                grid), the same count for every image; ``None`` means every token in grid order.
 
         Returns:
-            ``(B, hidden_size, *grid_size)``: the normalised visible tokens at their grid positions.
+            ``(B, N_visible, hidden_size)``: the normalised tokens, in the order of ``visible``.
         """
         if tuple(x.shape[2:]) != self.img_size:
             raise ValueError(
@@ -298,18 +288,13 @@ class ViTEncoder(nn.Module):
             )
         tokens = self.vit.patch_embedding(x)  # (B, N, hidden), position embedding added
         batch, hidden = tokens.shape[0], tokens.shape[-1]
-        if visible is None:
-            visible = torch.arange(tokens.shape[1], device=tokens.device).expand(batch, -1)
-        else:
+        if visible is not None:
             if visible.ndim != 2 or visible.shape[0] != batch:
                 raise ValueError(f"visible must be (B={batch}, N_visible) indices, got shape {tuple(visible.shape)}.")
             tokens = tokens.gather(1, visible[..., None].expand(-1, -1, hidden))
         for block in self.vit.blocks:
             tokens = block(tokens)
-        tokens = self.vit.norm(tokens)
-        grid = self.mask_token.to(tokens.dtype).expand(batch, self.num_tokens, hidden)
-        grid = grid.scatter(1, visible[..., None].expand(-1, -1, hidden), tokens)
-        return grid.transpose(1, 2).reshape(batch, self.out_channels, *self.grid_size)
+        return self.vit.norm(tokens)
 
 
 class SwinEncoder(nn.Module):
@@ -503,7 +488,8 @@ _ARCHITECTURES = {"vit": ViTEncoder, "swin": SwinEncoder, "convnext": ConvNeXtEn
 _MEDNEXT_DECODER_KEYS = ("decoder_expansion_ratio", "blocks_up")
 
 
-def _preset(name: str) -> dict:
+def encoder_preset(name: str) -> dict:
+    """A copy of ``ENCODER_PRESETS[name]``; a ``ValueError`` lists the presets for an unknown name."""
     if name not in ENCODER_PRESETS:
         raise ValueError(f"unknown encoder preset '{name}', choose one of {sorted(ENCODER_PRESETS)}.")
     return copy.deepcopy(ENCODER_PRESETS[name])
@@ -527,9 +513,9 @@ def build_encoder(
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-    settings = {**_preset(name), **overrides}
+    settings = {**encoder_preset(name), **overrides}
     arch = settings["arch"]
-    kwargs = {k: v for k, v in settings.items() if k not in _DOC_KEYS}
+    kwargs = {k: v for k, v in settings.items() if k not in PRESET_DOC_KEYS}
     if arch == "mednext":
         kwargs = {k: v for k, v in kwargs.items() if k not in _MEDNEXT_DECODER_KEYS}
     img_size = tuple(int(s) for s in ensure_tuple_rep(img_size, spatial_dims))
@@ -582,33 +568,3 @@ class PatchifyEncoder(nn.Module):
         order = [0, 1] + [3 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)]
         return x.permute(order).reshape(batch, self.out_channels, *grid)
 
-
-def build_whole_network(name: str, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    """The whole MONAI segmentation network whose encoder is preset ``name`` (Swin and MedNeXt presets).
-
-    ``swin_*`` -> ``SwinUNETR`` (its ``swinViT`` is the encoder; needs ``use_last_merging=True``), ``mednext_*``
-    -> ``MedNeXt``. Encoder parameters keep their names, so
-    :func:`~frepa_monai.networks.checkpoint.load_encoder_weights` loads a pretrained encoder into the returned
-    network. ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``; SwinUNETR needs spatial sizes
-    divisible by 32 (``patch_size**5``).
-    """
-    settings = _preset(name)
-    arch = settings["arch"]
-    if arch == "swin" and settings["use_last_merging"]:
-        return SwinUNETR(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            patch_size=settings["patch_size"],
-            depths=settings["depths"],
-            num_heads=settings["num_heads"],
-            window_size=settings["window_size"],
-            feature_size=settings["feature_size"],
-            spatial_dims=spatial_dims,
-        )
-    if arch == "mednext":
-        kwargs = {k: v for k, v in settings.items() if k not in _DOC_KEYS}
-        return MedNeXt(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
-    raise ValueError(
-        f"preset '{name}' is not the encoder of a whole MONAI network; use 'swin_36' / 'mednext_24' "
-        "(or a Swin preset with use_last_merging=True / a MedNeXt preset)."
-    )

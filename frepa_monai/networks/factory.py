@@ -1,31 +1,36 @@
 """One-call builders of downstream networks for bundle configs (``_target_``).
 
 Pretrained encoder weights are loaded here, inside the network definition (``encoder_checkpoint=``), not by a
-``CheckpointLoader`` in ``train.json``: spec section 10 (MONAI Label broke on the latter, model zoo PR 414).
+``CheckpointLoader`` in ``train.json``: MONAI Label broke on the latter (model zoo PR 414).
 Inference configs pass ``encoder_checkpoint=None`` and load the whole trained network from ``models/model.pt``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 import torch.nn as nn
+from monai.networks.nets import MedNeXt, SwinUNETR
 
 from frepa_monai.networks.checkpoint import load_encoder_weights
-from frepa_monai.networks.encoders import PatchifyEncoder, build_encoder, build_whole_network
+from frepa_monai.networks.encoders import PRESET_DOC_KEYS, PatchifyEncoder, build_encoder, encoder_preset
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet
 from frepa_monai.networks.heads import ClassificationHead, DetectionHead, FrepaTaskNet, SegmentationHead
 from frepa_monai.networks.slice_transformer import SliceTransformer
 
 __all__ = [
     "ENCODER_MODES",
+    "build_whole_network",
     "build_head",
     "build_downstream_encoder",
     "build_task_network",
     "build_slice_transformer",
     "build_pretrained_whole_network",
 ]
+
+logger = logging.getLogger(__name__)
 
 HEADS = ("segmentation", "classification", "detection")
 ENCODER_MODES = ("pretrained", "random", "none")
@@ -168,6 +173,7 @@ def build_slice_transformer(
     head_kwargs: dict | None = None,
     encoder_overrides: dict | None = None,
     encoder: str = "pretrained",
+    freeze_encoder: bool = True,
 ) -> SliceTransformer:
     """A 2D encoder preset (frozen, optionally pretrained) in a :class:`SliceTransformer` with a 3D head.
 
@@ -175,7 +181,14 @@ def build_slice_transformer(
     ``(B, C, H, W, D)`` with ``(H, W) == img_size`` for a ViT (any size otherwise) and ``C`` 2 (image + Hessian,
     repeated to the encoder's channels) or ``in_channels``. The head sees ``(B, hidden_size, h, w, D)``.
     ``encoder`` is the mode of :func:`build_downstream_encoder` (``pretrained``, ``random`` or ``none``).
+    ``freeze_encoder=False`` is accepted, for the downstream bundles' common switch, and only warns: the 2D encoder
+    always stays frozen here (paper 3.3.2).
     """
+    if not freeze_encoder:
+        logger.warning(
+            "freeze_encoder=false has no effect: SliceTransformer always keeps the 2D encoder frozen (paper 3.3.2); "
+            "only the projection, the transformer blocks and the head train"
+        )
     encoder = build_downstream_encoder(
         encoder_name, 2, in_channels, img_size, encoder, encoder_checkpoint, encoder_overrides
     )
@@ -212,3 +225,34 @@ def build_pretrained_whole_network(
                 f"'{encoder_checkpoint}' holds weights that {type(net).__name__} lacks: {report.unexpected_keys[:6]}."
             )
     return net
+
+
+def build_whole_network(name: str, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    """The whole MONAI segmentation network whose encoder is preset ``name`` (Swin and MedNeXt presets).
+
+    ``swin_*`` -> ``SwinUNETR`` (its ``swinViT`` is the encoder; needs ``use_last_merging=True``), ``mednext_*``
+    -> ``MedNeXt``. Encoder parameters keep their names, so
+    :func:`~frepa_monai.networks.checkpoint.load_encoder_weights` loads a pretrained encoder into the returned
+    network. ``(B, in_channels, *spatial)`` -> ``(B, out_channels, *spatial)``; SwinUNETR needs spatial sizes
+    divisible by 32 (``patch_size**5``).
+    """
+    settings = encoder_preset(name)
+    arch = settings["arch"]
+    if arch == "swin" and settings["use_last_merging"]:
+        return SwinUNETR(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            patch_size=settings["patch_size"],
+            depths=settings["depths"],
+            num_heads=settings["num_heads"],
+            window_size=settings["window_size"],
+            feature_size=settings["feature_size"],
+            spatial_dims=spatial_dims,
+        )
+    if arch == "mednext":
+        kwargs = {k: v for k, v in settings.items() if k not in PRESET_DOC_KEYS}
+        return MedNeXt(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    raise ValueError(
+        f"preset '{name}' is not the encoder of a whole MONAI network; use 'swin_36' / 'mednext_24' "
+        "(or a Swin preset with use_last_merging=True / a MedNeXt preset)."
+    )

@@ -1,4 +1,4 @@
-"""Frequency-disentangled segmentation (spec section 3, the related method the paper compares with).
+"""Frequency-disentangled segmentation (the related method offered for segmentation beside Frepa).
 
 The input is split into a low-frequency and a high-frequency component, each goes through its own backbone
 branch, and the branch features are fused into a segmentation.

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.data.box_utils import box_pair_giou
 from monai.networks.layers.factories import Conv, Pool
 
 from frepa_monai.networks.decoders import ConvDecoder
@@ -20,8 +19,6 @@ __all__ = [
     "SegmentationHead",
     "ClassificationHead",
     "DetectionHead",
-    "giou_loss",
-    "DetectionLoss",
     "FrepaTaskNet",
 ]
 
@@ -100,33 +97,6 @@ class DetectionHead(nn.Module):
         position, size = torch.sigmoid(out[:, :n]), torch.sigmoid(out[:, n : 2 * n])
         lo = position * (1.0 - size)
         return torch.cat([lo, lo + size, out[:, 2 * n :]], dim=1)
-
-
-def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
-    """Mean ``1 - GIoU`` of paired boxes ``(N, 2 * spatial_dims)``, by MONAI's ``box_pair_giou``."""
-    if pred_boxes.shape[0] == 0:
-        return pred_boxes.sum() * 0.0
-    return (1.0 - box_pair_giou(pred_boxes, target_boxes)).mean()
-
-
-class DetectionLoss(nn.Module):
-    """GIoU on the images that hold an object plus binary cross-entropy on objectness.
-
-    ``forward(pred, target)``: both ``(B, 2 * spatial_dims + 1)`` as :class:`DetectionHead` outputs, ``target``
-    with normalised boxes and objectness 1 (object) or 0 (no object; its box is ignored).
-    """
-
-    def __init__(self, giou_weight: float = 1.0, objectness_weight: float = 1.0) -> None:
-        super().__init__()
-        self.giou_weight = giou_weight
-        self.objectness_weight = objectness_weight
-        self.bce = nn.BCEWithLogitsLoss()
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        has_object = target[:, -1] > 0.5
-        box = giou_loss(pred[has_object, :-1], target[has_object, :-1].to(pred))
-        objectness = self.bce(pred[:, -1], target[:, -1].to(pred))
-        return self.giou_weight * box + self.objectness_weight * objectness
 
 
 class FrepaTaskNet(nn.Module):

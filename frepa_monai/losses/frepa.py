@@ -1,4 +1,4 @@
-"""Frepa reconstruction and consistency losses (paper section 3.2, Eq. 7-11, spec section 2).
+"""Frepa reconstruction and consistency losses (paper section 3.2, Eq. 7-11).
 
 Inputs are channel-first batches ``(B, C, *spatial)`` with 2 or 3 spatial dims; every loss builds what it
 needs (filters, grids) from the input's shape at call time, so any image size works. Per-image values are
