@@ -1,4 +1,4 @@
-"""The sample data shipped with frepa-monai and the datalists of the default tasks (spec section 6).
+"""The sample data shipped with frepa-monai and the datalists of the default tasks.
 
 ``SAMPLE_DIR`` holds a small set of real, openly licensed images (see ``README.md`` beside this
 file for provenance, licences and what each task can and cannot show), built by
@@ -11,7 +11,7 @@ whose items are dictionaries with ABSOLUTE paths, e.g. ``{"image": "/.../lung1_i
 "label": "/.../lung1_label.nii.gz", "subject": "pyradiomics_lung1", "modality": "CT",
 "window": "lung", "source": "pyradiomics-3.0.1"}``. Within one datalist every item has the same
 keys (so MONAI's default collation works): ``modality`` is one of ``"CT"``, ``"MR"``, ``"XR"``,
-``"US"``, ``"fundus"``; ``window`` names the CT window of spec section 1 (``"lung"``,
+``"US"``, ``"fundus"``; ``window`` names the CT window of paper section 4.1.1 (``"lung"``,
 ``"abdomen"``, ``"brain"``, ``"bone"``) and is ``"none"`` for every other modality, whose
 intensities are raw and meant for percentile normalisation. CT is stored in Hounsfield units.
 
@@ -48,6 +48,8 @@ __all__ = [
     "split_by_subject",
     "pretrain_2d_datalist",
     "pretrain_3d_datalist",
+    "pretrain_datalist",
+    "refold",
     "vessel_segmentation_datalist",
     "lung_tumour_detection_datalist",
     "tumour_detection_datalist",
@@ -236,6 +238,28 @@ def pretrain_3d_datalist(seed: int = 0) -> dict[str, list[dict]]:
     idx = load_index()
     items = [_item(r, ("image",) + _META_KEYS) for r in idx["volumes_3d"]]
     return split_by_subject(items, seed=seed)
+
+
+def pretrain_datalist(
+    spatial_dims: int, data_dir: str | Path | None = None, window: str = "none", seed: int = 0
+) -> dict[str, list[dict]]:
+    """The datalist of a pretraining bundle: every image under ``data_dir`` (:func:`folder_datalist`, all read with
+    ``window``) when given, else the sample data of ``spatial_dims`` (:func:`pretrain_2d_datalist` /
+    :func:`pretrain_3d_datalist`); split with ``seed``."""
+    if data_dir:
+        return folder_datalist(data_dir, window=window, seed=seed)
+    return (pretrain_2d_datalist if int(spatial_dims) == 2 else pretrain_3d_datalist)(seed=seed)
+
+
+def refold(
+    datalist: dict[str, list[dict]], fold: int | None = None, num_folds: int = 5, seed: int = 0
+) -> dict[str, list[dict]]:
+    """``datalist`` itself without ``fold``; with ``fold=k`` the k-th of ``num_folds`` cross-validation splits of all
+    its items, by subject (:func:`split_by_subject`)."""
+    if fold is None:
+        return datalist
+    items = [item for split in datalist.values() for item in split]
+    return split_by_subject(items, seed=seed, fold=int(fold), num_folds=num_folds)
 
 
 def vessel_segmentation_datalist(seed: int = 0) -> dict[str, list[dict]]:
