@@ -4,9 +4,7 @@ ConfigWorkflow in-process (as the model zoo's CI does), and write small real enc
 from __future__ import annotations
 
 import csv
-import importlib
 import shutil
-import sys
 from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
@@ -36,16 +34,6 @@ def read_metrics_csv(path: Path) -> dict[str, float]:
 def read_predictions_csv(path: Path) -> dict[str, list[float]]:
     """A MONAI ``ClassificationSaver`` CSV: ``file,p_0,p_1,...`` per line, no header."""
     return {row[0]: [float(v) for v in row[1:]] for row in csv.reader(path.read_text().splitlines())}
-
-
-def tool_module(name: str):
-    """The module ``tools/<name>.py``, imported by name with ``tools/`` on the path while it loads (the tools
-    import each other by name)."""
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "tools"))
 
 
 def bundle_copy(tmp_path: Path, name: str) -> Path:

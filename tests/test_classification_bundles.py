@@ -1,4 +1,5 @@
-"""The tumour classification bundles (frepa_classification_2d, frepa_classification_3d) and tools/run_folds.py.
+"""The tumour classification bundles (frepa_classification_2d, frepa_classification_3d), cross-validation and the
+encoder comparison (frepa_monai.workflows, behind tools/run_folds.py and tools/compare_encoders.py).
 
 Every test copies a bundle to a temporary folder and shrinks it with config overrides (10 real slices at 32 x 32,
 4 real crops at 32^3: ``vit_tiny`` has patch 8; 1-2 epochs), with a real encoder checkpoint written by
@@ -12,6 +13,8 @@ import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,13 +27,13 @@ from bundle_helpers import (
     read_metrics_csv,
     read_predictions_csv,
     small_run,
-    tool_module,
     workflow,
 )
 from monai.bundle import ConfigParser
 
 from frepa_monai.data import tumour_classification_datalist
 from frepa_monai.networks import PatchifyEncoder
+from frepa_monai.workflows import compare_encoders, cross_validate, parse_override
 
 NAMES = ["frepa_classification_2d", "frepa_classification_3d"]
 DIMS = {"frepa_classification_2d": 2, "frepa_classification_3d": 3}
@@ -176,18 +179,20 @@ def test_missing_encoder_checkpoint_and_bad_label(tmp_path, monkeypatch):
     assert item["image"] in text and "holds classes [2]" in text
 
 
-def test_run_folds(tmp_path, capsys):
-    run_folds = tool_module("run_folds")
-    with pytest.raises(SystemExit) as done:
-        run_folds.main(["--help"])
-    assert done.value.code == 0 and "--folds" in capsys.readouterr().out
+def test_tools_are_command_lines_with_help():
+    for tool in ("run_folds", "compare_encoders", "reproduce"):
+        done = subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), "--help"], capture_output=True)
+        assert done.returncode == 0 and b"--work_dir" in done.stdout, done.stderr.decode()
 
+
+def test_run_folds(tmp_path):
+    """``frepa_monai.workflows.cross_validate`` (``tools/run_folds.py``): every fold tests its own subjects."""
     ckpt = encoder_checkpoint(tmp_path / "encoder.pt", "vit_tiny", 2, 4, SIZE[2], seed=7)
     work = tmp_path / "cv"
     sets = ["preset=cpu", "mlflow=false", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
     sets += [f"encoder_checkpoint={ckpt}", "train_datalist=$@datalist['training'][::2]"]
-    argv = ["--bundle", "frepa_classification_2d", "--num_folds", "2", "--work_dir", str(work)]
-    result = run_folds.main(argv + [a for s in sets for a in ("--set", s)])
+    overrides = dict(parse_override(s) for s in sets)
+    result = cross_validate("frepa_classification_2d", num_folds=2, work_dir=work, overrides=overrides)
 
     summary = json.loads((work / "cv_summary.json").read_text())
     assert summary["folds"] == [0, 1] and summary["encoder_checkpoint"] == str(ckpt)
@@ -208,15 +213,15 @@ def test_run_folds(tmp_path, capsys):
 
 
 def test_compare_encoders(tmp_path):
-    """tools/compare_encoders.py: one run per encoder mode in its own folder; the table holds each run's test
-    metrics and their difference."""
-    compare = tool_module("compare_encoders")
+    """``compare_encoders`` (tools/compare_encoders.py): one run per encoder mode in its own folder; the table holds
+    each run's test metrics and their difference."""
     ckpt = encoder_checkpoint(tmp_path / "encoder.pt", "vit_tiny", 2, 4, SIZE[2], seed=7)
     work = tmp_path / "compare"
     sets = ["preset=cpu", "mlflow=false", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
     sets += [f"encoder_checkpoint={ckpt}", "train_datalist=$@datalist['training'][::3]"]
-    argv = ["--bundles", "frepa_classification_2d", "--encoders", "pretrained", "none", "--work_dir", str(work)]
-    result = compare.main(argv + [a for s in sets for a in ("--set", s)])
+    overrides = dict(parse_override(s) for s in sets)
+    modes = ("pretrained", "none")
+    result = compare_encoders(["frepa_classification_2d"], modes, work_dir=work, overrides=overrides)
     runs = result["runs"]["frepa_classification_2d"]
     for mode in ("pretrained", "none"):
         csv = read_metrics_csv(work / "frepa_classification_2d" / f"{mode}_seed0" / "eval" / "metrics.csv")

@@ -1,19 +1,17 @@
-"""The study of tools/reproduce.py: its data split keeps subjects apart, and its GPU path runs end to end (tiny)."""
+"""The study (frepa_monai.study, run by tools/reproduce.py): its data split keeps subjects apart, and its GPU path
+runs end to end (tiny)."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from bundle_helpers import tool_module
+
+from frepa_monai.study import protocol as study
+from frepa_monai.study.reproduce import main as reproduce
 
 
-@pytest.fixture(scope="module")
-def study():
-    return tool_module("frepa_eval")
-
-
-def test_pretraining_and_test_subjects_are_apart_and_the_test_half_holds_many(study):
+def test_pretraining_and_test_subjects_are_apart_and_the_test_half_holds_many():
     split = study.study_split()
     pretrain = {i["subject"] for i in split["pretrain"]}
     test = {i["subject"] for i in split["test"]}
@@ -30,7 +28,7 @@ def test_pretraining_and_test_subjects_are_apart_and_the_test_half_holds_many(st
     assert [len({i["subject"] for i in e2e[k]}) for k in ("training", "validation", "test")] == [4, 1, 2]
 
 
-def test_presets_share_one_step_budget_per_run(study):
+def test_presets_share_one_step_budget_per_run():
     cpu = study.PRESETS["cpu"]
     assert study.steps_per_run(cpu) == cpu.epochs * -(-len(study.study_split()["pretrain"]) // cpu.batch_size)
     settings = study.pretrain_settings(cpu, "frepa_literal", 3)
@@ -43,12 +41,11 @@ def test_presets_share_one_step_budget_per_run(study):
 def test_gpu_preset_runs_end_to_end_on_cpu_at_a_tiny_size(tmp_path):
     """``reproduce.py --preset gpu`` (ViT-S, AMP where CUDA is) shrunk to 32 px, one seed and one epoch: every part
     runs, the report states the decision rule before the verdicts, and a second invocation only reads the cache."""
-    reproduce = tool_module("reproduce")
     tiny = dict(image_size=32, epochs=1, seeds=1, ablation_seeds=0, vessel_size=64, neighbourhood=1, e2e_epochs=1)
     args = ["--preset", "gpu", "--work_dir", str(tmp_path / "work"), "--output", str(tmp_path / "results.md")]
     for key, value in {**tiny, "e2e_seeds": 1}.items():
         args += ["--set", f"{key}={value}"]
-    output = reproduce.main(args)
+    output = reproduce(args)
     text = output.read_text()
     assert text.index("## Decision rule") < text.index("## Verdicts") < text.index("## Band R^2")
     table = text[text.index("## Verdicts") : text.index("## Probe self-checks")]
@@ -59,5 +56,5 @@ def test_gpu_preset_runs_end_to_end_on_cpu_at_a_tiny_size(tmp_path):
     assert {"band_r2.png", "readouts.png", "vessel_highpass.png", "ablations.png", "corruption_sizes.png"} <= figures
     encoder = tmp_path / "work" / "pretrain" / "frepa_seed0" / "models" / "encoder.pt"
     before = encoder.stat().st_mtime_ns
-    reproduce.main(args)
+    reproduce(args)
     assert encoder.stat().st_mtime_ns == before

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the sample data set shipped in ``frepa_monai/data/sample`` (spec section 6).
+"""Build the sample data set shipped in ``frepa_monai/data/sample``.
 
 The sample set is small, real, openly licensed medical imaging data, converted to NIfTI
 (``.nii.gz``) or kept as PNG/JPEG, so that every Frepa stage runs on real anatomy. This tool

@@ -12,11 +12,11 @@ import platform
 import statistics
 from pathlib import Path
 
-import frepa_eval as study
 import numpy as np
-from study_figures import draw_all
 
 from frepa_monai.bootstrap import BETTER, NOT_WORSE, hierarchical_bootstrap, verdict
+from frepa_monai.study import protocol, runs
+from frepa_monai.study.figures import draw_all
 
 E2E = ("frepa", "mae", "mfm", "random")
 """Variants that also get the vessel bundle's trained head (the end-to-end number)."""
@@ -38,8 +38,8 @@ CLAIMS = [
     *[("Fig. 1b, CHASE_DB1", "fine vessels: Frepa above", "vessel", "frepa", b, BETTER) for b in ("mae", "mfm")],
     *[("Fig. 1a", "high-pass robustness: Frepa above", "highpass", "frepa", b, BETTER) for b in ("mae", "mfm")],
     *[
-        ("Table 9", f"every component helps: Frepa above {study.LABELS[v]}", m, "frepa", v, BETTER)
-        for v in study.ABLATIONS
+        ("Table 9", f"every component helps: Frepa above {protocol.LABELS[v]}", m, "frepa", v, BETTER)
+        for v in protocol.ABLATIONS
         for m in ("band_high", "vessel")
     ],
     *[("(pretraining)", "Frepa above a random encoder", m, "frepa", "random", BETTER) for m in ("band_mid", "vessel")],
@@ -60,7 +60,7 @@ def tables(scores: dict, e2e: dict) -> dict[str, tuple[dict[str, np.ndarray], li
     by_variant: dict[str, list[dict]] = {}
     for (variant, _), result in sorted(scores.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         by_variant.setdefault(variant, []).append(result)
-    test_subjects = study.study_split()["test"]
+    test_subjects = protocol.study_split()["test"]
     band_subjects = [i["subject"] for i in test_subjects]
     vessel_subjects = next(iter(scores.values()))["vessel"]["groups"]
     for band in ("low", "mid", "high"):
@@ -75,7 +75,7 @@ def tables(scores: dict, e2e: dict) -> dict[str, tuple[dict[str, np.ndarray], li
     out["highpass"] = (
         {
             v: np.array(
-                [np.mean([r["vessel"]["per_image"][str(c)] for c in study.HIGHPASS_CUTOFFS], axis=0) for r in rs]
+                [np.mean([r["vessel"]["per_image"][str(c)] for c in protocol.HIGHPASS_CUTOFFS], axis=0) for r in rs]
             )
             for v, rs in by_variant.items()
             if "highpass" in rs[0]["vessel"]
@@ -84,7 +84,7 @@ def tables(scores: dict, e2e: dict) -> dict[str, tuple[dict[str, np.ndarray], li
     )
     if e2e:
         names = sorted(next(iter(e2e.values()))["per_image"])
-        children = {Path(i["image"]).name: i["subject"] for s in study.e2e_split().values() for i in s}
+        children = {Path(i["image"]).name: i["subject"] for s in protocol.e2e_split().values() for i in s}
         runs: dict[str, list] = {}
         for (variant, _), result in sorted(e2e.items()):
             runs.setdefault(variant, []).append([result["per_image"][n] for n in names])
@@ -130,7 +130,7 @@ def _ci(interval: dict, digits: int = 3) -> str:
 
 
 def _label(variant: str) -> str:
-    return study.LABELS.get(variant, variant)
+    return protocol.LABELS.get(variant, variant)
 
 
 def claims_table(analysis: dict) -> list[str]:
@@ -157,19 +157,19 @@ def method_table(analysis: dict, metrics: list[str], variants: list[str]) -> lis
     return lines
 
 
-def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, timings: list[dict]) -> None:
+def write(output: Path, work_dir: Path, preset: protocol.Preset, results: dict, timings: list[dict]) -> None:
     """Analyse the cached results and write the report with its figures (in ``<output stem>/``)."""
     analysis = analyse(results["scores"], results["e2e"])
     figures = output.parent / output.stem
     figures.mkdir(parents=True, exist_ok=True)
     names = draw_all(figures, work_dir, preset, results, analysis, DELTA)
     rel = output.stem
-    split = study.study_split()
+    split = protocol.study_split()
     test_subjects = sorted({i["subject"] for i in split["test"]})
     children = sorted(set(next(iter(results["scores"].values()))["vessel"]["groups"]))
     pretrain_cost = {}
     for variant, seed in {k for k in results["scores"] if k[1] is not None}:
-        seconds = study.pretrain_seconds(work_dir, variant, seed)
+        seconds = runs.pretrain_seconds(work_dir, variant, seed)
         if seconds and variant != "random":
             pretrain_cost.setdefault(variant, []).append(seconds["cpu"])
     reference = analysis["metrics"]
@@ -177,7 +177,7 @@ def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, tim
     checks_ok = all(v >= 0.85 for v in pixels.values())
     part_seconds = {
         "pretraining": sum(
-            (study.pretrain_seconds(work_dir, v, s) or {"wall": 0})["wall"]
+            (runs.pretrain_seconds(work_dir, v, s) or {"wall": 0})["wall"]
             for v, s in results["scores"]
             if s is not None
         ),
@@ -237,7 +237,7 @@ def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, tim
         f"{_device()}; run on {datetime.date.today().isoformat()}.",
         f"- Pretraining: `bundles/frepa_pretrain_2d`, `{preset.encoder}` at {preset.image_size} x {preset.image_size} "
         f"(image + Hessian channel for every method), batch {preset.batch_size}, {preset.epochs} epochs = "
-        f"**{study.steps_per_run(preset)} optimizer steps** for every run, Adam lr {preset.learning_rate}"
+        f"**{protocol.steps_per_run(preset)} optimizer steps** for every run, Adam lr {preset.learning_rate}"
         f"{', AMP' if preset.amp else ''}; {len(split['pretrain'])} images of "
         f"{len({i['subject'] for i in split['pretrain']})} subjects (the pretraining half).",
         f"- Seeds: {preset.seeds} pretraining seeds for Frepa (scaled sizes), Frepa (literal sizes), MAE and MFM, "
@@ -252,7 +252,7 @@ def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, tim
         f"- Vessel probe: ridge readout onto the vessel mask, leave-one-child-out over the {len(children)} held-out "
         f"CHASE_DB1 children ({2 * len(children)} images at {preset.vessel_size} px), threshold chosen on the "
         "training children, Dice inside the field of view; high-pass cut-offs "
-        + ", ".join(map(str, study.HIGHPASS_CUTOFFS))
+        + ", ".join(map(str, protocol.HIGHPASS_CUTOFFS))
         + ".",
         f"- End to end: `frepa_vessel_segmentation_2d` (frozen encoder, trained head, {preset.e2e_epochs} epochs) on "
         f"the held-out children (4 training, 1 validation, 2 test), pretraining seeds 0-{preset.e2e_seeds - 1}.",
@@ -263,7 +263,7 @@ def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, tim
         "## Band R^2 of frozen encoders (paper Fig. 7)",
         "Mean over test subjects [95% CI]; 1 is a perfect readout, 0 the flat image.",
         "",
-        *method_table(analysis, ["band_low", "band_mid", "band_high"], [*study.METHODS, "pixels", "flat"]),
+        *method_table(analysis, ["band_low", "band_mid", "band_high"], [*protocol.METHODS, "pixels", "flat"]),
         "",
         f"![band R^2 per method]({rel}/{names['bands']})",
         "",
@@ -271,13 +271,13 @@ def write(output: Path, work_dir: Path, preset: study.Preset, results: dict, tim
         "",
         "## Vessels: probe, high-pass robustness (paper Fig. 1a) and the trained head",
         "",
-        *method_table(analysis, ["vessel", "highpass", "e2e"], [*study.METHODS, "pixels", "frangi", "flat"]),
+        *method_table(analysis, ["vessel", "highpass", "e2e"], [*protocol.METHODS, "pixels", "frangi", "flat"]),
         "",
         f"![vessel Dice against the high-pass cut-off]({rel}/{names['highpass']})",
         "",
         "## Ablations (paper Table 9)",
         "",
-        *method_table(analysis, ["band_mid", "band_high", "vessel"], ["frepa", *study.ABLATIONS]),
+        *method_table(analysis, ["band_mid", "band_high", "vessel"], ["frepa", *protocol.ABLATIONS]),
         "",
         f"![Frepa minus each ablation]({rel}/{names['ablations']})",
         "",
@@ -302,7 +302,7 @@ def e2e_check(analysis: dict) -> list[str]:
     ]
 
 
-def _stride(preset: study.Preset) -> int:
+def _stride(preset: protocol.Preset) -> int:
     from frepa_monai.networks import ENCODER_PRESETS
 
     return ENCODER_PRESETS[preset.encoder]["patch_size"]

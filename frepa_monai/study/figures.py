@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import frepa_eval as study
 import numpy as np
+
+from frepa_monai.study import protocol, runs
 
 COLOURS = {
     "frepa": "#d62728",
@@ -38,12 +39,14 @@ def bands(path: Path, analysis: dict) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     for ax, band in zip(axes, ("low", "mid", "high")):
         methods = analysis["metrics"][f"band_{band}"]["methods"]
-        for x, variant in enumerate(study.METHODS):
+        for x, variant in enumerate(protocol.METHODS):
             value, err = _error(methods[variant])
             ax.bar(x, value, color=COLOURS[variant], yerr=np.array(err)[:, None], capsize=3)
         ax.axhline(methods["pixels"]["estimate"], color="black", ls="--", lw=1, label="raw pixels")
         ax.axhline(0.0, color=COLOURS["flat"], lw=1, label="flat image")
-        ax.set_xticks(range(len(study.METHODS)), [study.LABELS[v] for v in study.METHODS], rotation=30, ha="right")
+        ax.set_xticks(
+            range(len(protocol.METHODS)), [protocol.LABELS[v] for v in protocol.METHODS], rotation=30, ha="right"
+        )
         ax.set_title(f"{band} band")
         ax.set_ylabel("band R^2 (held-out images)")
     axes[0].legend(fontsize=7)
@@ -56,16 +59,16 @@ def highpass(path: Path, results: dict) -> None:
     """Vessel probe Dice against the high-pass cut-off, mean over seeds and images (seed range shaded)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    keys = ["raw", *[str(c) for c in study.HIGHPASS_CUTOFFS]]
+    keys = ["raw", *[str(c) for c in protocol.HIGHPASS_CUTOFFS]]
     x = np.arange(len(keys))
-    for variant in [*study.METHODS, "pixels", "frangi"]:
+    for variant in [*protocol.METHODS, "pixels", "frangi"]:
         runs = [r for (v, _), r in results["scores"].items() if v == variant]
         curves = np.array([[np.mean(r["vessel"]["per_image"][k]) for k in keys] for r in runs])
         style = "--" if variant in ("pixels", "frangi") else "-"
-        ax.plot(x, curves.mean(0), style, color=COLOURS[variant], label=study.LABELS[variant], marker="o", ms=3)
+        ax.plot(x, curves.mean(0), style, color=COLOURS[variant], label=protocol.LABELS[variant], marker="o", ms=3)
         if len(curves) > 1:
             ax.fill_between(x, curves.min(0), curves.max(0), color=COLOURS[variant], alpha=0.15)
-    ax.set_xticks(x, ["raw", *[f"{c:g}" for c in study.HIGHPASS_CUTOFFS]])
+    ax.set_xticks(x, ["raw", *[f"{c:g}" for c in protocol.HIGHPASS_CUTOFFS]])
     ax.set_xlabel("Gaussian high-pass cut-off d_c / size")
     ax.set_ylabel("vessel Dice (held-out children)")
     ax.legend(fontsize=7)
@@ -81,33 +84,33 @@ def ablations(path: Path, analysis: dict, delta: float) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, metric in zip(axes, ("band_high", "vessel")):
         diffs = analysis["metrics"][metric]["differences"]
-        for y, variant in enumerate(study.ABLATIONS):
+        for y, variant in enumerate(protocol.ABLATIONS):
             d = diffs.get(("frepa", variant))
             if d is not None:
                 value, err = _error(d)
                 ax.errorbar(value, y, xerr=np.array(err)[:, None], fmt="o", color=COLOURS["frepa"], capsize=3)
         ax.axvline(0, color="black", lw=1)
         ax.axvline(delta, color="black", lw=1, ls=":")
-        ax.set_yticks(range(len(study.ABLATIONS)), [study.LABELS[v] for v in study.ABLATIONS])
+        ax.set_yticks(range(len(protocol.ABLATIONS)), [protocol.LABELS[v] for v in protocol.ABLATIONS])
         ax.set_xlabel(f"Frepa minus ablation ({'band R^2, high' if metric == 'band_high' else 'vessel Dice'})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def examples(path: Path, work_dir: Path, preset: study.Preset) -> None:
+def examples(path: Path, work_dir: Path, preset: protocol.Preset) -> None:
     """Two held-out images, their readouts from each encoder (seed 0) and the high band of each."""
     import torch
 
     from frepa_monai.frequency import filter_bank
     from frepa_monai.metrics import band_filters
 
-    _, test, _ = study.band_probe_images(preset.image_size)
-    index = study.example_indices()
+    _, test, _ = runs.band_probe_images(preset.image_size)
+    index = protocol.example_indices()
     columns = [("image", test[index])]
-    for variant in [*study.METHODS, "pixels"]:
+    for variant in [*protocol.METHODS, "pixels"]:
         name = f"{variant}_seed0" if variant != "pixels" else variant
-        columns.append((study.LABELS[variant], torch.load(work_dir / "scores" / f"{name}.pt", weights_only=True)))
+        columns.append((protocol.LABELS[variant], torch.load(work_dir / "scores" / f"{name}.pt", weights_only=True)))
     high = band_filters((preset.image_size, preset.image_size))["high"]
     plt = pyplot()
     fig, axes = plt.subplots(2 * len(index), len(columns), figsize=(1.7 * len(columns), 3.6 * len(index)))
@@ -127,14 +130,14 @@ def examples(path: Path, work_dir: Path, preset: study.Preset) -> None:
     plt.close(fig)
 
 
-def corruption(path: Path, preset: study.Preset) -> None:
+def corruption(path: Path, preset: protocol.Preset) -> None:
     """One held-out image at the study size, corrupted with the scaled and with the paper's literal sizes."""
     import torch
 
     from frepa_monai.transforms import FrequencyDualMask, HistogramEqualizedMask
 
-    _, test, _ = study.band_probe_images(preset.image_size)
-    image = test[study.example_indices()[0]][None]
+    _, test, _ = runs.band_probe_images(preset.image_size)
+    image = test[protocol.example_indices()[0]][None]
     panels = [("image", image)]
     for literal in (False, True):
         words = "literal" if literal else "scaled"
@@ -154,7 +157,7 @@ def corruption(path: Path, preset: study.Preset) -> None:
 
 
 def draw_all(
-    folder: Path, work_dir: Path, preset: study.Preset, results: dict, analysis: dict, delta: float
+    folder: Path, work_dir: Path, preset: protocol.Preset, results: dict, analysis: dict, delta: float
 ) -> dict[str, str]:
     """Every figure of the report into ``folder``; returns their file names."""
     names = {
