@@ -122,6 +122,26 @@ def test_train_evaluate_inference(tmp_path, name):
         )
 
 
+def test_mae_baseline_keeps_its_mask_token_out_of_the_encoder(tmp_path):
+    """``--strategy_name mae``: no Hessian channel; MAE's mask token is trained and saved in ``model.pt`` (the
+    autoencoder), not in ``encoder.pt``; inference with the same ``--strategy_name`` loads that ``model.pt``, and
+    without it says which switch to pass."""
+    name = "frepa_pretrain_2d"
+    root = bundle_copy(tmp_path, name)
+    wf = train(root, name, strategy_name="mae")
+    assert wf.parser.get_parsed_content("in_channels") == 3
+    model = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert model["mask_tokens.token"].shape == (1, 1, 96) and model["mask_tokens.token"].abs().sum() > 0
+    encoder = torch.load(root / "models" / "encoder.pt", map_location="cpu", weights_only=True)
+    assert encoder["network_config"]["in_channels"] == 3 and not any("mask" in k for k in encoder["state_dict"])
+    infer = {**INFER_SMALL[name], "use_hessian": False}
+    workflow(root, ["inference.json"], workflow_type="infer", strategy_name="mae", **infer).run()
+    assert list((root / "eval" / "inference").iterdir())
+    with pytest.raises(Exception) as info:
+        workflow(root, ["inference.json"], workflow_type="infer", **infer).run()
+    assert "--strategy_name" in error_messages(info.value) and "model.pt" in error_messages(info.value)
+
+
 def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
     """A run stopped after epoch 1 and restarted ends exactly where an uninterrupted seeded run ends."""
     name = "frepa_pretrain_2d"
@@ -267,12 +287,13 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
 
 
 def test_switches_given_as_command_line_strings():
-    """``--hfl false`` reaches the config as the string "false": the bundles read switches with ``switch``."""
-    from frepa_monai.engines import switch
-
-    assert [switch(v) for v in (True, "true", "Yes", "1", 1, False, "false", "OFF", "0", 0)] == [True] * 5 + [False] * 5
-    with pytest.raises(ValueError, match="expected a switch"):
-        switch("maybe")
+    """``--hfl false`` reaches the config as the string "false": the bundles read switches with MONAI's
+    ``str2bool``, and a value that is no switch stops with MONAI's error naming the value and the accepted ones."""
+    root = REPO / "bundles" / "frepa_pretrain_3d"
+    wrong = ConfigWorkflow(config_file=str(root / "configs" / "train.json"), logging_file=False, hfl="maybe")
+    with pytest.raises(Exception) as info:
+        wrong.parser.get_parsed_content("loss")
+    assert 'Got "maybe", expected a value from: yes, true' in error_messages(info.value)
     root = REPO / "bundles" / "frepa_pretrain_3d"
     wf = ConfigWorkflow(
         config_file=str(root / "configs" / "train.json"), logging_file=False, hfl="false", fm="False", mlflow="no"
@@ -280,7 +301,7 @@ def test_switches_given_as_command_line_strings():
     loss = wf.parser.get_parsed_content("loss")
     strategy = wf.parser.get_parsed_content("strategy")
     assert loss.use_hfl is False and loss.use_grad is True and strategy.corrupt.prob_frequency == 0.0
-    assert wf.parser.get_parsed_content("switches#mlflow") is False
+    assert wf.parser.get_parsed_content("mlflow_disabled") is True
 
 
 @pytest.mark.parametrize("name", ["frepa_pretrain_3d", "frepa_pretrain_2d"])

@@ -206,8 +206,8 @@ def test_encoder_baselines_train(tmp_path, caplog, mode):
     small["cpu_settings#max_epochs"] = {"segmentation": 1, "classification": 1}
     with caplog.at_level(logging.WARNING):
         wf = workflow(root, ["train.json"], **small)
+        network = wf.parser.get_parsed_content("network")  # the network definition says so
     assert "freeze_encoder=false has no effect" in caplog.text
-    network = wf.parser.get_parsed_content("network")
     encoder_before = {k: v.clone() for k, v in network.encoder.state_dict().items()}
     wf.run()
     assert (root / "models" / "model.pt").is_file()
