@@ -1,4 +1,4 @@
-"""Metrics of the Frepa evaluation: frequency fidelity of reconstructions (spec section 5) and the detection
+"""Metrics of the Frepa evaluation: frequency fidelity of reconstructions (paper Fig. 7) and the detection
 metrics of the downstream detection bundles (paper 4.1.3: IoU, detection ratio, sensitivity, precision).
 
 ``frequency_fidelity`` follows the paper's Fig. 7 protocol: ``rho_k = 1 - RMSE(O_k(recon), O_k(target))``

@@ -1,4 +1,4 @@
-"""The shipped sample data set and the datalists of the default tasks (spec section 6)."""
+"""The shipped sample data set and the datalists of the default tasks."""
 
 from __future__ import annotations
 

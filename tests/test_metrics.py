@@ -1,4 +1,4 @@
-"""Frequency fidelity (spec section 5) on signals whose answer is known."""
+"""Frequency fidelity and band R^2 (paper Fig. 7) on signals whose answer is known."""
 
 from __future__ import annotations
 
