@@ -57,20 +57,20 @@ class FrepaStrategy(PretrainStrategy):
         self.loss = loss if loss is not None else FrepaLoss()
         self.views = views
         self.corrupt = FrepaCorrupt(
-            views,
-            prob_frequency,
-            frequency_mask,
-            True,
-            fill,
-            high_freq_mask,
-            low_freq_perturb,
-            cutoff_ratio,
-            sigma_ratio,
-            frequency_patch_size,
-            mask_ratio,
-            image_patch_size,
-            literal_sizes,
-            spatial_dims,
+            views=views,
+            prob_frequency=prob_frequency,
+            frequency_mask=frequency_mask,
+            image_mask=True,
+            fill=fill,
+            high_freq_mask=high_freq_mask,
+            low_freq_perturb=low_freq_perturb,
+            cutoff_ratio=cutoff_ratio,
+            sigma_ratio=sigma_ratio,
+            frequency_patch_size=frequency_patch_size,
+            mask_ratio=mask_ratio,
+            image_patch_size=image_patch_size,
+            literal_sizes=literal_sizes,
+            spatial_dims=spatial_dims,
         )
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
