@@ -157,7 +157,7 @@ def method_table(analysis: dict, metrics: list[str], variants: list[str]) -> lis
     return lines
 
 
-def write(output: Path, work_dir: Path, preset: protocol.Preset, results: dict, timings: list[dict]) -> None:
+def write(output: Path, work_dir: Path, preset: protocol.Preset, results: dict) -> None:
     """Analyse the cached results and write the report with its figures (in ``<output stem>/``)."""
     analysis = analyse(results["scores"], results["e2e"])
     figures = output.parent / output.stem
@@ -258,7 +258,8 @@ def write(output: Path, work_dir: Path, preset: protocol.Preset, results: dict, 
         f"the held-out children (4 training, 1 validation, 2 test), pretraining seeds 0-{preset.e2e_seeds - 1}.",
         "- Wall time: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in part_seconds.items())
-        + f" (summed over the cached runs; {len(timings) + 1} invocation(s) of reproduce.py filled the cache).",
+        + " (each cached run's own wall time, summed, whichever invocation of reproduce.py ran it; a run that "
+        "shared the CPU with other jobs counts its longer time).",
         "",
         "## Band R^2 of frozen encoders (paper Fig. 7)",
         "Mean over test subjects [95% CI]; 1 is a perfect readout, 0 the flat image.",

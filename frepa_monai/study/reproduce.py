@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> Path:
 
     results = run(preset, work_dir)
     start = time.perf_counter()
-    report.write(output, work_dir, preset, results, timings)
+    report.write(output, work_dir, preset, results)
     results["seconds"]["statistics and report"] = time.perf_counter() - start
     timings.append({k: round(v, 1) for k, v in results["seconds"].items()})
     timings_file.write_text(json.dumps(timings, indent=2) + "\n")
