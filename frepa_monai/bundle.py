@@ -1,15 +1,20 @@
 """Helpers the bundle configs call, so that the configs stay plain values: the preset, where the bundle and the
-pretrained encoder are, which handlers run on which rank, the ``--input_dir`` datalist of inference, and the
-geometry of feature-map outputs."""
+pretrained encoder are, which handlers run on which rank, the ``--input_dir`` datalist of inference, inference
+outputs written per run (:func:`staging_dir`, :func:`publish_outputs`), and the geometry of feature-map outputs."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from monai.utils import str2bool
+
+from frepa_monai.data.checks import INPUT_SUFFIXES, InputCheck
 
 __all__ = [
     "INPUT_SUFFIXES",
@@ -22,18 +27,12 @@ __all__ = [
     "handler_disabled",
     "image_meta",
     "input_datalist",
+    "staging_dir",
+    "publish_outputs",
     "to_feature_grid",
 ]
 
 logger = logging.getLogger(__name__)
-
-INPUT_SUFFIXES = {
-    2: (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm"),
-    3: (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"),
-}
-"""The image files the bundles' ``--input_dir`` takes, per number of spatial dims: everything MONAI's
-``LoadImage`` reads as one 2D image, or as one 3D volume (a DICOM file is a slice: 2D only; DICOM series of
-volumes go through a datalist of their folders)."""
 
 
 def use_gpu_preset(preset: str) -> bool:
@@ -116,6 +115,43 @@ def input_datalist(input_dir: str, spatial_dims: int, window: str = "none") -> l
     if not files:
         raise ValueError(f"input_dir '{folder}' holds no image file ({', '.join(suffixes)}).")
     return [{"image": str(p), "window": window} for p in files]
+
+
+def staging_dir(output_dir: str) -> str:
+    """The folder an inference run writes into, ``<output_dir>.partial-<pid>``, created empty; folders that earlier
+    runs left there (killed, or failed) are removed. :func:`publish_outputs` moves it into place when the run
+    completes, so that ``output_dir`` always holds one whole run's results, never an old result beside new ones."""
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f"{target.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # the run guard's lock: no other run writes here now
+    staging = target.parent / f"{target.name}.partial-{os.getpid()}"
+    staging.mkdir()
+    return str(staging)
+
+
+def publish_outputs(staging: str, output_dir: str, inputs: InputCheck | None = None) -> str:
+    """Replace ``output_dir`` by the finished ``staging`` folder (:func:`staging_dir`), with ``summary.json``: the
+    files processed and each that failed :func:`~frepa_monai.data.check_inputs`, with its reason. Returns
+    ``output_dir``; raises a ``ValueError`` with the summary (after publishing) when any input failed, so that the
+    run exits non-zero."""
+    staging_path, target = Path(staging), Path(output_dir)
+    if inputs is not None:
+        summary = {
+            "processed": [item["image"] for item in inputs.items],
+            "failed": [{"file": file, "reason": reason} for file, reason in inputs.failures],
+        }
+        (staging_path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    old = target.parent / f"{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging_path, target)
+    shutil.rmtree(old, ignore_errors=True)
+    if inputs is not None:
+        logger.warning(f"{inputs.summary()}; results in {target}")
+        if inputs.failures:
+            raise ValueError(f"{inputs.summary()} (the results of the others are in {target})")
+    return str(target)
 
 
 def to_feature_grid(image: torch.Tensor, stride) -> torch.Tensor:

@@ -2,19 +2,22 @@
 
 - :class:`PreviewSaver`: a PNG of raw | corrupted | reconstructed per validation, captioned with band R^2;
 - :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver``, writing atomically;
-- :class:`FrepaCheckpointLoader`: resume from the newest checkpoint, if any, with clear errors;
+- :class:`FrepaCheckpointLoader`: resume from the newest intact checkpoint, if any, with clear errors;
 - :class:`BestModelRecord`: the best score survives a resume;
 - :class:`EpochSeeder`: per-epoch seeds, so that a resumed run repeats an uninterrupted one;
-- :func:`loss_terms`: the ``output_transform`` that logs every loss term of a pretraining step.
+- :func:`loss_terms`: the ``output_transform`` that logs every loss term of a pretraining step;
+- :class:`NonFiniteLossCheck`: a NaN or infinite loss term stops training with an error.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,12 +29,15 @@ from monai.utils import set_determinism
 
 from frepa_monai.engines import TERM_PREFIX
 from frepa_monai.metrics import FREQUENCY_BANDS, band_r2
+from frepa_monai.networks.checkpoint import CheckpointError, checkpoint_error, checkpoint_problem
 
 __all__ = [
     "class_channels",
     "first_sample",
     "loss_terms",
+    "NonFiniteLossCheck",
     "PreviewSaver",
+    "epoch_checkpoints",
     "latest_checkpoint",
     "FrepaCheckpointLoader",
     "AtomicCheckpointSaver",
@@ -65,6 +71,27 @@ def loss_terms(output: dict | list[dict]) -> dict[str, float]:
     sample = first_sample(output)
     terms = {k[len(TERM_PREFIX) :]: float(v) for k, v in sample.items() if k.startswith(TERM_PREFIX)}
     return {"loss": float(sample["loss"]), **terms}
+
+
+class NonFiniteLossCheck:
+    """Stop a training at the first step whose loss, or one of its terms (:func:`loss_terms`), is NaN or infinite,
+    with an error naming the terms, the epoch and the step (ignite's ``TerminateOnNan`` ends the run as if it had
+    completed, and the finalize step would then save the broken weights). The epoch checkpoints on disk are from
+    before the failing epoch, so the run can resume once the cause is fixed.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        terms = loss_terms(engine.state.output)
+        bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(
+                f"loss terms {', '.join(f'{k}={v}' for k, v in bad.items())} at epoch {engine.state.epoch}, "
+                f"iteration {engine.state.iteration}: training stopped (a lower learning_rate, or inputs checked "
+                "for extreme values, usually helps); the newest epoch checkpoint is from before this epoch."
+            )
 
 
 class PreviewSaver:
@@ -167,21 +194,43 @@ def _save_png(array: np.ndarray, path: Path, caption: Sequence[str] = ()) -> Non
 _EPOCH_FILE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
-def latest_checkpoint(ckpt_dir: str) -> str | None:
-    """The newest ``checkpoint_epoch=<n>.pt`` written by a ``CheckpointSaver`` in ``ckpt_dir``, or ``None``."""
+def epoch_checkpoints(ckpt_dir: str) -> list[str]:
+    """The ``checkpoint_epoch=<n>.pt`` files a ``CheckpointSaver`` wrote in ``ckpt_dir``, newest (highest ``n``)
+    first."""
     folder = Path(ckpt_dir)
     found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := _EPOCH_FILE.search(p.name))]
-    return str(max(found)[1]) if found else None
+    return [str(p) for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """The newest intact epoch checkpoint in ``ckpt_dir`` (see :func:`epoch_checkpoints`), or ``None``.
+
+    A damaged newer one (truncated, empty: :func:`~frepa_monai.networks.checkpoint_problem`) is passed over with a
+    warning that names it; when every one is damaged, a ``CheckpointError`` names the newest.
+    """
+    candidates = epoch_checkpoints(ckpt_dir)
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning(f"checkpoint {path} {problem}: resuming from an older one; remove it when you like")
+    if candidates:
+        raise CheckpointError(
+            f"checkpoint {candidates[0]} {checkpoint_problem(candidates[0])}, and no older intact checkpoint is in "
+            f"{ckpt_dir}: remove the damaged files to train from scratch."
+        )
+    return None
 
 
 class FrepaCheckpointLoader:
     """Load a checkpoint at the engine's start with MONAI's ``CheckpointLoader``; say clearly when it does not fit.
 
     Either ``load_path`` (a file that must exist: evaluation, inference) or ``ckpt_dir``: resume from the newest
-    ``checkpoint_epoch=<n>.pt`` there, training from scratch when there is none. :class:`AtomicCheckpointSaver`
-    writes atomically (temporary file, then rename), so after a crash or kill the newest file is complete and at
-    most the epoch in progress is lost. A checkpoint of another network (another encoder preset, size or channel
-    count) raises a ``ValueError`` that names the file.
+    intact ``checkpoint_epoch=<n>.pt`` there (:func:`latest_checkpoint`), training from scratch when there is none.
+    :class:`AtomicCheckpointSaver` writes atomically (temporary file, then rename), so after a crash or kill the
+    newest file is complete and at most the epoch in progress is lost. A file that is not a checkpoint (truncated,
+    random bytes, text, Python objects) raises a ``CheckpointError``, and a checkpoint of another network (another
+    encoder preset, size or channel count) a ``ValueError``, each naming the file.
 
     Args:
         load_dict: objects to restore, e.g. ``{"network": ..., "optimizer": ..., "trainer": ...}``.
@@ -215,35 +264,46 @@ class FrepaCheckpointLoader:
             raise FileNotFoundError(f"checkpoint {path} does not exist; train the bundle first or pass --ckpt_path.")
         try:
             CheckpointLoader(load_path=path, load_dict=self.load_dict, map_location=self.map_location)(engine)
-        except RuntimeError as e:
-            if "state_dict" not in str(e):
+        except Exception as e:
+            if isinstance(e, RuntimeError) and "state_dict" in str(e):
+                raise ValueError(
+                    f"checkpoint {path} was saved from another network architecture than the one configured "
+                    "(encoder preset, image size or channels differ, or --strategy_name: only MAE's autoencoder "
+                    f"holds a mask token): {str(e).splitlines()[0]}"
+                ) from e
+            error = checkpoint_error(path, e)
+            if error is None:
                 raise
-            raise ValueError(
-                f"checkpoint {path} was saved from another network architecture than the one configured "
-                "(encoder preset, image size or channels differ, or --strategy_name: only MAE's autoencoder holds "
-                f"a mask token):\n{e}"
-            ) from e
+            raise error from None  # torch's message advises weights_only=False: not for a file that is not ours
 
 
 class _AtomicDiskSaver(DiskSaver):
     """ignite's ``DiskSaver`` in atomic mode (temporary file in the same folder, then ``os.replace``; group and
-    others keep read permission), with MONAI's fixed-filename option."""
+    others keep read permission), with MONAI's fixed-filename option. With ``keep``, each save of an epoch
+    checkpoint leaves at most the ``keep`` newest ``checkpoint_epoch=<n>.pt`` in the folder, those of an earlier
+    (resumed) run included: ignite counts only the files of its own process."""
 
-    def __init__(self, dirname: str, filename: str | None = None) -> None:
+    def __init__(self, dirname: str, filename: str | None = None, keep: int | None = None) -> None:
         super().__init__(dirname=dirname, require_empty=False, atomic=True)
-        self.filename = filename
+        self.filename, self.keep = filename, keep
 
     def __call__(self, checkpoint, filename: str, metadata=None) -> None:
         super().__call__(checkpoint, self.filename or filename, metadata)
+        if self.keep and _EPOCH_FILE.search(self.filename or filename) and idist.get_rank() == 0:
+            for old in epoch_checkpoints(self.dirname)[self.keep :]:
+                Path(old).unlink(missing_ok=True)
 
     def remove(self, filename: str) -> None:
-        super().remove(self.filename or filename)
+        name = self.filename or filename
+        if (Path(self.dirname) / name).exists():  # already pruned by a later save
+            super().remove(name)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` whose files are written atomically, so a crash or kill never leaves a truncated
     checkpoint (MONAI's own saver writes in place: a kill during a save corrupts the newest file). As ignite's
-    ``DiskSaver``, it writes on rank 0 only in distributed runs.
+    ``DiskSaver``, it writes on rank 0 only in distributed runs. After a resume, ``n_saved`` still bounds the epoch
+    checkpoints in ``save_dir``.
 
     Takes the arguments of ``monai.handlers.CheckpointSaver``.
     """
@@ -252,7 +312,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(save_dir, save_dict, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler = _AtomicDiskSaver(save_dir, getattr(checkpoint.save_handler, "filename", None))
+                keep = kwargs.get("n_saved") if checkpoint is self._interval_checkpoint else None
+                filename = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = _AtomicDiskSaver(save_dir, filename, keep)
 
 
 class BestModelRecord:

@@ -13,8 +13,11 @@ from monai.bundle.config_item import ComponentLocator
 
 BUNDLES = REPO / "bundles"
 CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
-DIMENSION = {"network_def#spatial_dims", "train#augmentation", "preprocessing", "datalist", "image_channels"}
-"""What every twin pair differs in: dimension, its augmentations and preprocessing, its data and channels."""
+DIMENSION = {
+    "network_def#spatial_dims", "train#augmentation", "preprocessing", "datalist", "image_channels", "input_check",
+}
+"""What every twin pair differs in: dimension, its augmentations and preprocessing, its data, the images it takes
+(``input_check``) and channels."""
 NAMING = {"bundle_root", "experiment_name"}
 """The bundle's own name."""
 TWINS = {  # (2D, 3D) -> config -> what differs besides DIMENSION and NAMING

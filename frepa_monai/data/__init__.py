@@ -42,8 +42,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from frepa_monai.data.checks import INPUT_SUFFIXES, InputCheck, check_datalist, check_image, check_inputs
+
 __all__ = [
     "SAMPLE_DIR",
+    "INPUT_SUFFIXES",
+    "InputCheck",
+    "check_image",
+    "check_datalist",
+    "check_inputs",
     "load_index",
     "split_by_subject",
     "pretrain_2d_datalist",

@@ -3,8 +3,11 @@ the frequency-disentangled comparison network, and encoder checkpoints."""
 
 from frepa_monai.networks.autoencoder import FrepaAutoEncoder, MaskTokens, build_autoencoder
 from frepa_monai.networks.checkpoint import (
+    CheckpointError,
     EncoderLoadReport,
     build_encoder_from_checkpoint,
+    checkpoint_problem,
+    load_checkpoint,
     load_encoder_weights,
     read_encoder_checkpoint,
     save_encoder_checkpoint,
@@ -40,6 +43,7 @@ from frepa_monai.networks.heads import (
 from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_embedding_1d, sinusoidal_embedding_2d
 
 __all__ = [
+    "CheckpointError",
     "ENCODER_MODES",
     "ENCODER_PRESETS",
     "PatchifyEncoder",
@@ -67,7 +71,9 @@ __all__ = [
     "build_slice_transformer",
     "build_task_network",
     "build_whole_network",
+    "checkpoint_problem",
     "frequency_split",
+    "load_checkpoint",
     "load_encoder_weights",
     "pad_to_multiple",
     "read_encoder_checkpoint",

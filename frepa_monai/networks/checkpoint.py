@@ -9,8 +9,11 @@ A Frepa encoder checkpoint is ``{"state_dict": <encoder state dict>, "network_co
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -18,6 +21,9 @@ import torch.nn as nn
 from frepa_monai.networks.encoders import build_encoder
 
 __all__ = [
+    "CheckpointError",
+    "checkpoint_problem",
+    "load_checkpoint",
     "EncoderLoadReport",
     "save_encoder_checkpoint",
     "read_encoder_checkpoint",
@@ -29,6 +35,70 @@ _CONFIG_KEYS = ("name", "spatial_dims", "in_channels", "img_size")
 _STATE_DICT_KEYS = ("state_dict", "network", "model", "net")
 _PREFIXES = ("module.", "_orig_mod.")
 _LEGACY_KEYS = ("mae.mask_token",)  # MAE's mask token sat in the ViT encoder before it moved to MaskTokens
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded: missing, empty, truncated, or not a checkpoint of weights."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive format (since torch 1.6)
+_PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle, protocol 2 or later
+
+
+def checkpoint_problem(path: str | os.PathLike, deep: bool = False) -> str | None:
+    """What is wrong with checkpoint file ``path``, in words (``None``: nothing found).
+
+    The quick checks read the file's first bytes and, for torch's zip archive, its central directory at the end,
+    so a truncated file is found without loading it. ``deep=True`` also loads it with ``weights_only=True``, to tell
+    a file holding Python objects other than weights (refused, never unpickled) from one torch cannot read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "does not exist"
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == _ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                    return "is a zip archive but not a PyTorch checkpoint (no data.pkl)"
+        except (zipfile.BadZipFile, OSError):
+            return f"is truncated or damaged: an incomplete PyTorch archive of {size} bytes"
+    elif not head.startswith(_PICKLE_MAGIC):
+        return f"is not a PyTorch checkpoint (it starts with {head!r}, neither a PyTorch archive nor a pickle)"
+    if not deep:
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return "holds Python objects besides weights; Frepa checkpoints hold only tensors, so it is not loaded"
+    except Exception as e:  # torch's errors on damaged files vary: EOFError, RuntimeError, KeyError
+        return f"cannot be read by torch.load ({type(e).__name__}); it is damaged or not a checkpoint"
+    return None
+
+
+def checkpoint_error(path: str | os.PathLike, error: BaseException | None = None) -> CheckpointError | None:
+    """A :class:`CheckpointError` naming ``path`` when :func:`checkpoint_problem` (deep) finds a problem, else
+    ``None`` (``error`` came from elsewhere: re-raise it)."""
+    problem = checkpoint_problem(path, deep=True)
+    if problem is None:
+        return None
+    return CheckpointError(f"checkpoint {path} {problem}: it is not a Frepa checkpoint this bundle can load.")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` whose errors name the file and say what is wrong with it
+    (:class:`CheckpointError`), never torch's advice to turn ``weights_only`` off."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        error = checkpoint_error(path, e)
+        if error is None:
+            raise
+        raise error from None
 
 
 @dataclass
@@ -95,7 +165,7 @@ def read_encoder_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Te
     state dict. Keys lose ``module.`` / ``_orig_mod.`` prefixes; when some keys start with ``encoder.`` (a whole
     autoencoder or task network) only those are kept, without the prefix.
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_checkpoint(path)
     if not isinstance(obj, dict):
         raise ValueError(f"'{path}' holds a {type(obj).__name__}, not a state dict or checkpoint dict.")
     config = obj.get("network_config") if isinstance(obj.get("network_config"), dict) else None

@@ -567,4 +567,3 @@ class PatchifyEncoder(nn.Module):
         # (B, C, g1, p1, g2, p2, ...) -> (B, C, p1, p2, ..., g1, g2, ...)
         order = [0, 1] + [3 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)]
         return x.permute(order).reshape(batch, self.out_channels, *grid)
-
