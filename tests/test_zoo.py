@@ -1,5 +1,5 @@
-"""tools/zoo.py: reproducible bundle zips, the zoo index, publishing to a folder served over HTTP, and downloads
-with MONAI's own client and with ``zoo.py fetch``.
+"""frepa_monai.zoo and its command line tools/zoo.py: reproducible bundle zips, the zoo index, publishing to a folder
+served over HTTP, and downloads with MONAI's own client and with ``zoo.py fetch``.
 
 The bundles are copies of ``frepa_pretrain_2d`` and ``frepa_classification_2d`` whose ``models/`` are written here
 (a seeded encoder checkpoint; the state dict of the classification bundle's own inference ``network_def`` at the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -31,13 +30,11 @@ import yaml
 from bundle_helpers import REPO, bundle_copy, encoder_checkpoint, workflow
 from monai.bundle import ConfigParser
 
+from frepa_monai import zoo
 from frepa_monai.data import tumour_classification_datalist
 from frepa_monai.networks import read_encoder_checkpoint
 
 ZOO_PATH = REPO / "tools" / "zoo.py"
-_spec = importlib.util.spec_from_file_location("frepa_zoo", ZOO_PATH)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 
 PRETRAIN, CLS = "frepa_pretrain_2d", "frepa_classification_2d"
 JUNK = ("eval/metrics.csv", "eval/mlruns.db", "models/checkpoint_epoch=3.pt", "configs/__pycache__/x.cpython-311.pyc")
