@@ -223,7 +223,17 @@ def test_fetch_finds_the_encoder_beside_it(bundles, site, tmp_path):
         root = zoo.fetch(f"{url}/model_info.json", name, bundle_dir=dl)  # latest version
         assert root == dl / name
         got = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        assert got == [str(p) for p in zoo.bundle_files(bundles / name)]
+        assert got == sorted([zoo.MANIFEST_NAME, *(str(p) for p in zoo.bundle_files(bundles / name))])
+        manifest = zoo.read_manifest(root)
+        assert (manifest["name"], manifest["version"], manifest["source"]) == (
+            name,
+            "0.1.0",
+            f"{url}/{name}_v0.1.0.zip",
+        )
+        assert manifest["files"] == {
+            str(p): {"size": (bundles / name / p).stat().st_size, "sha256": zoo.sha256(bundles / name / p)}
+            for p in zoo.bundle_files(bundles / name)
+        }
     assert sorted(p.name for p in dl.iterdir()) == [CLS, PRETRAIN]  # no zip left behind, nothing else
 
     parser = ConfigParser()

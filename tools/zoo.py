@@ -49,6 +49,7 @@ from frepa_monai.zoo import (
     MAX_FILE_MB,
     PARTS,
     REPO,
+    ZipLimits,
     ZooError,
     bump,
     fetch,
@@ -59,6 +60,50 @@ from frepa_monai.zoo import (
     read_index,
     verify,
 )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """The options of :class:`ZipLimits`: a zip over any of them is refused before anything is extracted."""
+    d = ZipLimits()
+    p.add_argument(
+        "--max_members", type=_positive_int, default=d.max_members, help="members of a zip (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max_unzipped_mb",
+        type=_positive_float,
+        default=d.max_unzipped_bytes / 2**20,
+        help="MiB the members of a zip may unzip to, all together (default: %(default)g, 4 GiB)",
+    )
+    p.add_argument(
+        "--max_name_bytes",
+        type=_positive_int,
+        default=d.max_name_bytes,
+        help="bytes of each file or folder name in a member's path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max_path_bytes",
+        type=_positive_int,
+        default=d.max_path_bytes,
+        help="bytes of a member's path (default: %(default)s)",
+    )
+
+
+def _limits(args: argparse.Namespace) -> ZipLimits:
+    return ZipLimits(args.max_members, int(args.max_unzipped_mb * 2**20), args.max_name_bytes, args.max_path_bytes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check zips against a zoo index", description=verify.__doc__)
     p.add_argument("zips", nargs="+", help="<name>_v<version>.zip files")
     p.add_argument("--index", required=True, help="model_info.json (path or URL)")
+    _add_limits(p)
 
     p = sub.add_parser("publish", help="package + index + verify into a folder to serve", description=publish.__doc__)
     p.add_argument("names", nargs="*", help="bundle names or folders (default: every bundle)")
@@ -111,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="bundle version (default: the latest in the index)")
     p.add_argument("--bundle_dir", default=".", help="folder that receives <name>/ (default: the current folder)")
     p.add_argument("--no_large_files", action="store_true", help="do not download the files of large_files.yml")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace (delete) a <bundle_dir>/<name> that is not this version intact, once the new one is complete "
+        "(default: refuse, saying what differs)",
+    )
+    _add_limits(p)
     return parser
 
 
@@ -125,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "verify":
             info = read_index(args.index)
             for path in args.zips:
-                verify(path, args.index, info)
+                verify(path, args.index, info, _limits(args))
         elif args.command == "publish":
             publish(args.to, args.names, args.bundles_dir, args.base_url, args.max_file_mb, args.force)
         elif args.command == "fetch":
-            print(fetch(args.index, args.name, args.version, args.bundle_dir, not args.no_large_files))
+            large_files = not args.no_large_files
+            print(fetch(args.index, args.name, args.version, args.bundle_dir, large_files, args.replace, _limits(args)))
     except ZooError as e:
         print(f"zoo.py {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -6,8 +6,12 @@
 - :mod:`.index`: the zoo index ``model_info.json``, read from a path or a URL, updated in place;
 - :mod:`.packaging`: the bundles of a folder, reproducible zips, ``large_files.yml``, :func:`package`,
   :func:`publish`;
-- :mod:`.verification`: members inside ``<name>/``, :func:`verify` of a zip against the index;
-- :mod:`.install`: :func:`fetch` of a bundle listed in an index into ``<bundle_dir>/<name>``;
+- :mod:`.verification`: members inside ``<name>/`` and within :class:`ZipLimits` (checked before anything is
+  extracted), :func:`verify` of a zip against the index;
+- :mod:`.manifest`: the manifest of a fetched bundle (every file's size and sha256), which tells a complete install
+  from a partial, truncated or edited folder;
+- :mod:`.install`: :func:`fetch` of a bundle listed in an index into ``<bundle_dir>/<name>``, through a partial
+  folder renamed into place once complete;
 - :mod:`.versions`: :func:`bump` of a bundle's version with a changelog entry.
 
 The package uses the standard library and MONAI only.
@@ -15,6 +19,7 @@ The package uses the standard library and MONAI only.
 
 from frepa_monai.zoo.index import latest_version, read_index, update_index
 from frepa_monai.zoo.install import fetch
+from frepa_monai.zoo.manifest import MANIFEST_NAME, installed_problem, manifest_problems, read_manifest, write_manifest
 from frepa_monai.zoo.packaging import (
     bundle_files,
     large_files_yml,
@@ -38,7 +43,7 @@ from frepa_monai.zoo.utils import (
     write_atomic,
     zip_name,
 )
-from frepa_monai.zoo.verification import check_members, verify, zip_metadata
+from frepa_monai.zoo.verification import ZipLimits, check_members, verify, zip_metadata
 from frepa_monai.zoo.versions import PARTS, bump, next_version
 
 __all__ = [
@@ -46,6 +51,9 @@ __all__ = [
     "bundle_files",
     "BUNDLES_DIR",
     "check_members",
+    "installed_problem",
+    "manifest_problems",
+    "MANIFEST_NAME",
     "fetch",
     "index_key",
     "INDEX_NAME",
@@ -61,14 +69,17 @@ __all__ = [
     "publish",
     "read_index",
     "read_large_files",
+    "read_manifest",
     "read_metadata",
     "REPO",
     "sha256",
     "update_index",
     "verify",
     "write_atomic",
+    "write_manifest",
     "write_zip",
     "zip_metadata",
     "zip_name",
+    "ZipLimits",
     "ZooError",
 ]
