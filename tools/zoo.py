@@ -15,14 +15,18 @@ Subcommands (each ``--help``-able):
 - ``bump NAME {patch,minor,major} --message TEXT``: the bundle's next version in its ``configs/metadata.json``,
   with a changelog entry, keeping the file's JSON formatting (indent, trailing newline).
 - ``verify ZIP [ZIP ...] --index model_info.json``: a zip's sha256 against the index, every member inside
-  ``<name>/`` (no absolute paths, no ``..``, no links) and its metadata's version against its file name.
+  ``<name>/`` (no absolute paths, no ``..``, no links), the zip within the limits (``--max_members``,
+  ``--max_unzipped_mb``, ``--max_name_bytes``, ``--max_path_bytes``) and its metadata's version against its file
+  name.
 - ``publish --to FOLDER [NAME ...]``: ``package`` into ``FOLDER`` with ``FOLDER/model_info.json``, then ``verify``:
   a folder that any static HTTP server can serve (``python -m http.server --directory FOLDER``).
-- ``fetch --index URL --name NAME [--version V] --bundle_dir DIR``: reads the index, downloads the zip with MONAI's
-  ``download_url`` and refuses it (nothing extracted) when its sha256 differs from the index or a member would land
-  outside ``DIR/<name>/``; then extracts it with MONAI's own safe extraction (``monai.apps.utils.extractall``, as
-  ``monai.bundle.download`` does) and downloads the files of its ``large_files.yml`` with
-  ``monai.bundle.download_large_files`` (hash-checked).
+- ``fetch --index URL --name NAME [--version V] --bundle_dir DIR``: reads the index, downloads the zip and refuses
+  it (nothing extracted) when its sha256 differs from the index, a member would land outside ``DIR/<name>/`` or
+  the zip is over a limit (as ``verify``); extracts it (MONAI's ``safe_extract_member`` for every path) and
+  downloads the files of its ``large_files.yml`` (hash-checked), all in ``DIR/.<name>.partial-<pid>``, renamed to
+  ``DIR/<name>`` with a manifest of every file's sha256 once complete. A killed fetch leaves no folder that counts
+  as installed. An existing ``DIR/<name>`` is kept only when it matches its manifest; otherwise the error says
+  what differs (``--replace`` replaces it).
 
 A published zip is also what MONAI's own client downloads:
 ``python -m monai.bundle download --name <name> --version <v> --url <base_url>/<name>_v<v>.zip --bundle_dir <dir>``.
