@@ -29,7 +29,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-from fault_table import Outcome, snapshot
+from fault_table import Outcome, last_line, snapshot
 
 from frepa_monai import zoo
 
@@ -41,10 +41,13 @@ WAIT = 180  # seconds to wait for a subprocess to reach the transfer (it imports
 
 __all__ = [
     "ZOO_FAULTS",
+    "SLOW_FAULTS",
+    "check_outcome",
     "SlowServer",
     "serving",
     "tiny_bundle",
     "publish_zip",
+    "lying_zip",
     "run_fetch",
     "start_fetch",
     "kill_mid_transfer",
@@ -126,6 +129,23 @@ def publish_zip(site: Path, write) -> str:
     entry = {"checksum": hashlib.sha256(path.read_bytes()).hexdigest(), "source": path.name}
     (site / "model_info.json").write_text(json.dumps({f"{EVIL}_v0.1.0": entry}))
     return path.name
+
+
+def lying_zip(site: Path) -> None:
+    """``site/frepa_evil_v0.1.0.zip`` with its index: its member ``frepa_evil/models/model.pt`` declares 1000 bytes
+    and unzips to 1 MiB (the sizes in its central directory and local header patched)."""
+    path = site / publish_zip(site, lambda zf: zf.writestr(f"{EVIL}/models/model.pt", bytes(2**20)))
+    data = bytearray(path.read_bytes())
+    name = f"{EVIL}/models/model.pt".encode()
+    for signature, name_at, size_at in ((b"PK\x03\x04", 30, 22), (b"PK\x01\x02", 46, 24)):  # local, central
+        at = data.find(signature)
+        while data[at + name_at : at + name_at + len(name)] != name:
+            at = data.find(signature, at + 4)
+        data[at + size_at : at + size_at + 4] = (1000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    index = json.loads((site / "model_info.json").read_text())
+    index[f"{EVIL}_v0.1.0"]["checksum"] = hashlib.sha256(bytes(data)).hexdigest()
+    (site / "model_info.json").write_text(json.dumps(index))
 
 
 def _fetch_args(index: str, name: str, bundle_dir: Path, *options: str) -> list[str]:
@@ -317,3 +337,19 @@ ZOO_FAULTS = [
     symbolic_link_member,
     checksum_mismatch,
 ]
+SLOW_FAULTS = {killed_fetch_then_fetch_again}  # two subprocesses that import MONAI: 15 to 45 s on 2 busy cores
+
+
+def check_outcome(outcome: Outcome) -> None:
+    """The checks of ``tests/fault_table.py`` on a row's outcome (the exit status, the last line naming each of
+    ``names``, ``in_text``, every snapshotted file unchanged), and no traceback: for this module's own test until
+    the fault table imports :data:`ZOO_FAULTS`."""
+    if outcome.expect_rc == "nonzero":
+        assert outcome.returncode not in (0, None), outcome.text
+    else:
+        assert outcome.returncode == outcome.expect_rc, outcome.text
+    line = last_line(outcome.text)
+    assert all(name in line for name in outcome.names), (outcome.names, line)
+    assert all(text in outcome.text for text in outcome.in_text), (outcome.in_text, outcome.text)
+    assert "Traceback" not in outcome.text, outcome.text
+    assert outcome.before and snapshot(Path(p) for p in outcome.before) == outcome.before
