@@ -1,5 +1,5 @@
-"""tools/zoo.py: reproducible bundle zips, the zoo index, publishing to a folder served over HTTP, and downloads
-with MONAI's own client and with ``zoo.py fetch``.
+"""frepa_monai.zoo and its command line tools/zoo.py: reproducible bundle zips, the zoo index, publishing to a folder
+served over HTTP, and downloads with MONAI's own client and with ``zoo.py fetch``.
 
 The bundles are copies of ``frepa_pretrain_2d`` and ``frepa_classification_2d`` whose ``models/`` are written here
 (a seeded encoder checkpoint; the state dict of the classification bundle's own inference ``network_def`` at the
@@ -7,14 +7,19 @@ CPU preset), plus outputs and caches that must stay out of the zips. A real ``py
 127.0.0.1 serves the published folder; ``python -m monai.bundle download`` fetches from it as a subprocess, and
 the downloaded bundle then runs its ``inference.json`` in-process (``ConfigWorkflow``, ``bundle_root`` the
 downloaded folder).
+
+Fetch installs all or nothing: a real ``zoo.py fetch`` is killed with SIGKILL while an in-process server
+(``fault_cases_zoo.SlowServer``) sends a file slowly; a folder is kept as installed only when it matches its
+manifest; zips over the limits (name and path bytes, members, unzipped size) are refused before extraction. The
+rows of ``tests/fault_cases_zoo.py`` are checked here as the fault table checks them.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import difflib
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -29,15 +34,25 @@ import pytest
 import torch
 import yaml
 from bundle_helpers import REPO, bundle_copy, encoder_checkpoint, workflow
+from fault_cases_zoo import (
+    EVIL,
+    SLOW_FAULTS,
+    ZOO_FAULTS,
+    check_outcome,
+    kill_mid_transfer,
+    lying_zip,
+    not_installed,
+    publish_zip,
+    serving,
+    start_fetch,
+)
 from monai.bundle import ConfigParser
 
+from frepa_monai import zoo
 from frepa_monai.data import tumour_classification_datalist
 from frepa_monai.networks import read_encoder_checkpoint
 
 ZOO_PATH = REPO / "tools" / "zoo.py"
-_spec = importlib.util.spec_from_file_location("frepa_zoo", ZOO_PATH)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 
 PRETRAIN, CLS = "frepa_pretrain_2d", "frepa_classification_2d"
 JUNK = ("eval/metrics.csv", "eval/mlruns.db", "models/checkpoint_epoch=3.pt", "configs/__pycache__/x.cpython-311.pyc")
@@ -226,7 +241,17 @@ def test_fetch_finds_the_encoder_beside_it(bundles, site, tmp_path):
         root = zoo.fetch(f"{url}/model_info.json", name, bundle_dir=dl)  # latest version
         assert root == dl / name
         got = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        assert got == [str(p) for p in zoo.bundle_files(bundles / name)]
+        assert got == sorted([zoo.MANIFEST_NAME, *(str(p) for p in zoo.bundle_files(bundles / name))])
+        manifest = zoo.read_manifest(root)
+        assert (manifest["name"], manifest["version"], manifest["source"]) == (
+            name,
+            "0.1.0",
+            f"{url}/{name}_v0.1.0.zip",
+        )
+        assert manifest["files"] == {
+            str(p): {"size": (bundles / name / p).stat().st_size, "sha256": zoo.sha256(bundles / name / p)}
+            for p in zoo.bundle_files(bundles / name)
+        }
     assert sorted(p.name for p in dl.iterdir()) == [CLS, PRETRAIN]  # no zip left behind, nothing else
 
     parser = ConfigParser()
@@ -368,3 +393,201 @@ def test_bump(tmp_path):
         zoo.bump(root, "patch", "  ")
     out = run_zoo("bump", "no_such_bundle", "patch", "-m", "x")
     assert out.returncode == 1 and "no bundle 'no_such_bundle'" in out.stderr
+
+
+# ------------------------------------------------------------------------------- fetch: all or nothing, and limits
+@pytest.mark.parametrize("stage", ["zip", pytest.param("large_file", marks=pytest.mark.slow)])
+def test_a_killed_fetch_leaves_nothing_installed(bundles, tmp_path, stage):
+    """A real ``zoo.py fetch`` killed with SIGKILL in the middle of downloading the zip, or a large file of
+    ``large_files.yml`` (after the zip is extracted): ``<bundle_dir>/<name>`` does not exist, only its partial
+    folder, with the file cut short; the next fetch removes that folder and installs the bundle, every file
+    matching the manifest."""
+    served = tmp_path / "served"
+    with serving(served) as server:
+        zoo.publish(
+            served / "site", [CLS], bundles, f"{server.url}/site", max_file_mb=0.1 if stage == "large_file" else 25
+        )
+        weights = bundles / CLS / "models" / "model.pt"
+        server.slow = f"{CLS}_v0.1.0.zip" if stage == "zip" else "models/model.pt"
+        dl, index = tmp_path / "dl", f"{server.url}/site/model_info.json"
+        proc = start_fetch(index, CLS, dl)
+        inside = f"{CLS}_v0.1.0.zip" if stage == "zip" else f"{CLS}/models/model.pt"
+        partial_file = kill_mid_transfer(proc, server, dl / f".{CLS}.partial-{{pid}}" / inside)
+        server.slow = None
+        partial = dl / f".{CLS}.partial-{proc.pid}"
+        assert sorted(p.name for p in dl.iterdir()) == [partial.name], "a killed fetch left a folder in place"
+        full = (served / "site" / f"{CLS}_v0.1.0.zip" if stage == "zip" else weights).stat().st_size
+        assert 0 < partial_file.stat().st_size < full
+        assert zoo.installed_problem(dl / CLS, CLS, "0.1.0") is not None
+
+        root = zoo.fetch(index, CLS, bundle_dir=dl)
+    assert sorted(p.name for p in dl.iterdir()) == [CLS]  # the partial folder is gone
+    assert zoo.installed_problem(root, CLS, "0.1.0") is None
+    assert (root / "models" / "model.pt").read_bytes() == weights.read_bytes()
+    assert set(zoo.read_manifest(root)["files"]) == {str(p) for p in zoo.bundle_files(bundles / CLS)} | (
+        {"large_files.yml"} if stage == "large_file" else set()
+    )
+
+
+def test_a_partial_fetch_of_a_running_process_is_left_alone(bundles, site, tmp_path):
+    """The partial folder of a fetch whose process runs is not touched; that of a process that has ended is."""
+    _, url = site
+    dl = tmp_path / "dl"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        running, dead = dl / f".{CLS}.partial-{sleeper.pid}", dl / f".{CLS}.partial-{ended.stdout.strip()}"
+        for folder in (running, dead):
+            (folder / CLS / "models").mkdir(parents=True)
+            (folder / CLS / "models" / "model.pt").write_bytes(b"cut sh")
+        zoo.fetch(f"{url}/model_info.json", CLS, bundle_dir=dl)
+        assert sorted(p.name for p in dl.iterdir()) == [running.name, CLS]
+        assert (running / CLS / "models" / "model.pt").read_bytes() == b"cut sh"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_already_holds_checks_the_manifest(bundles, site, tmp_path):
+    """``already holds ... kept`` only for a folder whose files match its manifest (outputs written beside them do
+    not matter); a truncated, edited or missing file, a missing manifest, or another version is an error that
+    names what differs and changes nothing; ``replace`` replaces the folder."""
+    _, url = site
+    index, dl = f"{url}/model_info.json", tmp_path / "dl"
+    root = zoo.fetch(index, CLS, bundle_dir=dl)
+    (root / "eval").mkdir()
+    (root / "eval" / "metrics.csv").write_text("val_acc,0.5\n")  # what running the bundle writes
+    assert zoo.fetch(index, CLS, bundle_dir=dl) == root
+
+    model, train = root / "models" / "model.pt", root / "configs" / "train.json"
+    size = model.stat().st_size
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(
+        zoo.ZooError,
+        match=rf"{root} does not match its \.zoo_manifest\.json: models/model\.pt has "
+        rf"1000 bytes, not {size}: remove it, use another --bundle_dir, or pass --replace",
+    ):
+        zoo.fetch(index, CLS, bundle_dir=dl)
+    assert model.stat().st_size == 1000
+    train.write_text(train.read_text().replace('"max_epochs"', '"max_epochZ"'))  # same size, other content
+    (root / "docs" / "README.md").unlink()
+    with pytest.raises(
+        zoo.ZooError,
+        match=r"configs/train\.json has other content.*; docs/README\.md is missing;"
+        r" models/model\.pt has 1000 bytes",
+    ):
+        zoo.fetch(index, CLS, bundle_dir=dl)
+
+    out = run_zoo("fetch", "--index", index, "--name", CLS, "--bundle_dir", str(dl))  # the same, as a user sees it
+    assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1].startswith(f"zoo.py fetch: error: {root} does not match its .zoo_manifest")
+
+    manifest = json.loads((root / zoo.MANIFEST_NAME).read_text())
+    (root / zoo.MANIFEST_NAME).write_text(json.dumps({**manifest, "files": {}, "version": "0.0.9"}))
+    with pytest.raises(zoo.ZooError, match=rf"{root} already holds {CLS} 0\.0\.9, not {CLS} 0\.1\.0"):
+        zoo.fetch(index, CLS, bundle_dir=dl)
+    (root / zoo.MANIFEST_NAME).unlink()
+    with pytest.raises(zoo.ZooError, match=rf"{root} has no \.zoo_manifest\.json.*pass --replace"):
+        zoo.fetch(index, CLS, bundle_dir=dl)
+    assert (root / "eval" / "metrics.csv").is_file() and model.stat().st_size == 1000  # nothing deleted
+
+    assert zoo.fetch(index, CLS, bundle_dir=dl, replace=True) == root
+    assert sorted(p.name for p in dl.iterdir()) == [CLS]
+    assert zoo.installed_problem(root, CLS, "0.1.0") is None and not (root / "eval").exists()
+    assert model.read_bytes() == (bundles / CLS / "models" / "model.pt").read_bytes()
+
+
+LIMIT_CASES = {  # the zip's members (after metadata.json), the ZipLimits, what the error says
+    "name": (
+        lambda zf: zf.writestr(f"{EVIL}/docs/{'é' * 128}.md", "x"),
+        {},
+        r"name of 259 bytes, over the limit of 255 bytes \(--max_name_bytes\)",
+    ),
+    "path": (
+        lambda zf: zf.writestr(f"{EVIL}/{'/'.join(['d' * 200] * 6)}", "x"),
+        {},
+        r"path of 1216 bytes, over the limit of 1024 bytes \(--max_path_bytes\)",
+    ),
+    "members": (
+        lambda zf: [zf.writestr(f"{EVIL}/docs/{i}", "") for i in range(20)],
+        {"max_members": 20},
+        r"has 21 members, over the limit of 20 \(--max_members\)",
+    ),
+    "unzipped": (
+        lambda zf: [zf.writestr(f"{EVIL}/models/{i}.pt", bytes(2**20)) for i in range(3)],
+        {"max_unzipped_bytes": 2 * 2**20},
+        r"unzips to 3\.0 MiB \(3145748 bytes\), over the limit of 2 MiB \(--max_unzipped_mb\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIMIT_CASES))
+def test_zip_limits_refuse_before_extracting(server, tmp_path, monkeypatch, case):
+    """A zip over a limit is refused from its central directory: nothing is extracted (the extraction is never
+    called), nothing of it stays in the bundle_dir, and the error names the zip and the limit."""
+    from frepa_monai.zoo import install
+
+    served, url = server
+    write, limits, message = LIMIT_CASES[case]
+    publish_zip(served / f"limits_{case}", write)
+    extracted = []
+    monkeypatch.setattr(install, "extract", lambda *args: extracted.append(args))
+    dl = tmp_path / "dl"
+    with pytest.raises(zoo.ZooError, match=rf"^{EVIL}_v0\.1\.0\.zip from {url}/limits_{case}/.*{message}: refused\.$"):
+        zoo.fetch(f"{url}/limits_{case}/model_info.json", EVIL, bundle_dir=dl, limits=zoo.ZipLimits(**limits))
+    assert extracted == []
+    not_installed(dl, EVIL)
+    with pytest.raises(zoo.ZooError, match=message):
+        zoo.verify(
+            served / f"limits_{case}" / f"{EVIL}_v0.1.0.zip",
+            served / f"limits_{case}" / "model_info.json",
+            limits=zoo.ZipLimits(**limits),
+        )
+
+
+def test_extraction_counts_bytes_and_wraps_os_errors(server, tmp_path):
+    """A member that unzips to more than it declares (``zipfile`` stops at the declared size and fails its CRC;
+    fetch's own byte count is the guard should it not), and a name the file system refuses (the limit raised above
+    what it takes), are refused during extraction with one clear error; the partial folder goes, nothing is
+    installed."""
+    served, url = server
+    lying_zip(served / "lying")
+    dl = tmp_path / "dl"
+    with pytest.raises(
+        zoo.ZooError,
+        match=rf"{EVIL}_v0\.1\.0\.zip from .*: member '{EVIL}/models/model\.pt' "
+        r"(cannot be unzipped \(Bad CRC-32|unzips to more than the 1000 bytes)",
+    ):
+        zoo.fetch(f"{url}/lying/model_info.json", EVIL, bundle_dir=dl)
+    not_installed(dl, EVIL)
+
+    publish_zip(served / "too_long", lambda zf: zf.writestr(f"{EVIL}/docs/{'a' * 297}.md", "x"))
+    with pytest.raises(zoo.ZooError, match=r"member '.*\.\.\.a+\.md' cannot be written to .*: File name too long\.$"):
+        zoo.fetch(f"{url}/too_long/model_info.json", EVIL, bundle_dir=dl, limits=zoo.ZipLimits(max_name_bytes=400))
+    not_installed(dl, EVIL)
+
+
+def test_zoo_package_layout():
+    """frepa_monai.zoo imports the standard library, MONAI and itself only (never tools/), and no module of it or
+    tools/zoo.py reaches 600 lines; the limits' defaults are those documented."""
+    allowed = set(sys.stdlib_module_names) | {"monai", "frepa_monai"}
+    for path in [*sorted((REPO / "frepa_monai" / "zoo").glob("*.py")), ZOO_PATH]:
+        text = path.read_text()
+        assert len(text.splitlines()) < 600, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                top = node.module.split(".")[0]
+                inside = path == ZOO_PATH or top != "frepa_monai" or node.module.startswith("frepa_monai.zoo")
+                assert node.level == 0 and top in allowed and inside, (path, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] in allowed for a in node.names), (path, [a.name for a in node.names])
+    assert zoo.ZipLimits() == zoo.ZipLimits(10_000, 4 * 2**30, 255, 1024)
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow if c in SLOW_FAULTS else ()) for c in ZOO_FAULTS]
+)
+def test_zoo_fault_rows(case, tmp_path):
+    """The rows of tests/fault_cases_zoo.py, checked as tests/fault_table.py says the fault table checks them
+    (``fault_cases_zoo.check_outcome``)."""
+    check_outcome(case(tmp_path))
