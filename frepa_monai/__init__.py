@@ -15,6 +15,7 @@ _SUBMODULES = (
     "engines",
     "evaluation",
     "frequency",
+    "guard",
     "handlers",
     "losses",
     "metrics",
@@ -23,6 +24,7 @@ _SUBMODULES = (
     "study",
     "transforms",
     "workflows",
+    "zoo",
 )
 
 

@@ -120,15 +120,18 @@ class RunGuard:
         self.mlflow = self.mlflow if use_mlflow else None
         self._locks: list[Path] = []
         self._previous_hook = None
+        self._sigterm = False
         self._done = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> RunGuard:
         """Install the error report and the ``SIGTERM`` handler, then lock every folder (rank 0 only)."""
-        self._previous_hook = sys.excepthook
+        earlier = getattr(sys.excepthook, "__self__", None)  # a guard of an earlier run in this process
+        self._previous_hook = earlier._previous_hook if isinstance(earlier, RunGuard) else sys.excepthook
         sys.excepthook = self._report
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _raise_interrupt)
+            self._sigterm = True
         atexit.register(self._at_exit)
         if _rank() == 0:
             for folder in self.folders:
@@ -142,6 +145,9 @@ class RunGuard:
         atexit.unregister(self._at_exit)
         if sys.excepthook == self._report:
             sys.excepthook = self._previous_hook or sys.__excepthook__
+        if self._sigterm and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._sigterm = False
 
     def _report(self, exc_type, error, traceback) -> None:
         """``sys.excepthook``: end the MLflow run, release the locks, print the traceback, then the cause."""
@@ -173,16 +179,19 @@ class RunGuard:
             "command": " ".join(sys.argv),
             "mlflow": self.mlflow,
         }
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over(path, folder)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            self._locks.append(path)
-            return
+        written = path.with_name(f"{path.name}.{os.getpid()}")
+        written.write_text(json.dumps(record))
+        try:
+            for _ in range(3):
+                try:
+                    os.link(written, path)  # atomic, and fails if the lock exists: never a half-written lock
+                except FileExistsError:
+                    self._take_over(path, folder)
+                    continue
+                self._locks.append(path)
+                return
+        finally:
+            written.unlink(missing_ok=True)
         raise RunInUseError(f"{folder} is locked ({path}) and the lock could not be taken over.")
 
     def _take_over(self, path: Path, folder: Path) -> None:
@@ -205,7 +214,12 @@ class RunGuard:
                     f"{folder} is in use by process {pid} (since {holder.get('started')}: "
                     f"{holder.get('command')}); wait for it to end, or give this run another --bundle_root."
                 )
-        what = "this process's earlier run" if pid == os.getpid() else f"process {pid}, which no longer runs"
+        if pid is None:
+            what = "a run that was killed while writing it (unreadable)"
+        elif pid == os.getpid():
+            what = "this process's earlier run"
+        else:
+            what = f"process {pid}, which no longer runs"
         logger.warning(f"taking over the stale lock {path} of {what}: its last epoch may be lost")
         if isinstance(holder.get("mlflow"), dict) and pid != os.getpid():
             end_mlflow_run(**holder["mlflow"], status="KILLED")

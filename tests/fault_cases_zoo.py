@@ -29,7 +29,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-from fault_table import Outcome, last_line, snapshot
+from fault_table import Outcome, snapshot
 
 from frepa_monai import zoo
 
@@ -41,8 +41,6 @@ WAIT = 180  # seconds to wait for a subprocess to reach the transfer (it imports
 
 __all__ = [
     "ZOO_FAULTS",
-    "SLOW_FAULTS",
-    "check_outcome",
     "SlowServer",
     "serving",
     "tiny_bundle",
@@ -337,19 +335,3 @@ ZOO_FAULTS = [
     symbolic_link_member,
     checksum_mismatch,
 ]
-SLOW_FAULTS = {killed_fetch_then_fetch_again}  # two subprocesses that import MONAI: 15 to 45 s on 2 busy cores
-
-
-def check_outcome(outcome: Outcome) -> None:
-    """The checks of ``tests/fault_table.py`` on a row's outcome (the exit status, the last line naming each of
-    ``names``, ``in_text``, every snapshotted file unchanged), and no traceback: for this module's own test until
-    the fault table imports :data:`ZOO_FAULTS`."""
-    if outcome.expect_rc == "nonzero":
-        assert outcome.returncode not in (0, None), outcome.text
-    else:
-        assert outcome.returncode == outcome.expect_rc, outcome.text
-    line = last_line(outcome.text)
-    assert all(name in line for name in outcome.names), (outcome.names, line)
-    assert all(text in outcome.text for text in outcome.in_text), (outcome.in_text, outcome.text)
-    assert "Traceback" not in outcome.text, outcome.text
-    assert outcome.before and snapshot(Path(p) for p in outcome.before) == outcome.before

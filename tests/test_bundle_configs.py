@@ -14,7 +14,12 @@ from monai.bundle.config_item import ComponentLocator
 BUNDLES = REPO / "bundles"
 CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
 DIMENSION = {
-    "network_def#spatial_dims", "train#augmentation", "preprocessing", "datalist", "image_channels", "input_check",
+    "network_def#spatial_dims",
+    "train#augmentation",
+    "preprocessing",
+    "datalist",
+    "image_channels",
+    "input_check",
 }
 """What every twin pair differs in: dimension, its augmentations and preprocessing, its data, the images it takes
 (``input_check``) and channels."""
@@ -23,11 +28,25 @@ NAMING = {"bundle_root", "experiment_name"}
 TWINS = {  # (2D, 3D) -> config -> what differs besides DIMENSION and NAMING
     ("frepa_pretrain_2d", "frepa_pretrain_3d"): {
         "train.json": {
-            "cpu_settings", "gpu_settings", "image_size", "patch_size", "image_patch_size", "val_num_samples",
-            "network_def#img_size", "strategies#frepa", "strategies#mae", "strategies#mfm", "validate#crop",
+            "cpu_settings",
+            "gpu_settings",
+            "image_size",
+            "patch_size",
+            "image_patch_size",
+            "val_num_samples",
+            "network_def#img_size",
+            "strategies#frepa",
+            "strategies#mae",
+            "strategies#mfm",
+            "validate#crop",
         },
         "inference.json": {
-            "encoder", "image_size", "patch_size", "decoder_channels", "network_def#img_size", "inferer",
+            "encoder",
+            "image_size",
+            "patch_size",
+            "decoder_channels",
+            "network_def#img_size",
+            "inferer",
             "postprocessing",
         },
     },
@@ -42,13 +61,31 @@ TWINS = {  # (2D, 3D) -> config -> what differs besides DIMENSION and NAMING
     # one task family: fine vessels in 2D fundus photographs, brain regions in 3D MR
     ("frepa_vessel_segmentation_2d", "frepa_segmentation_3d"): {
         "train.json": {
-            "cpu_settings", "gpu_settings", "encoder_checkpoint", "class_names", "image_size", "patch_size",
-            "pixdim", "working_size", "num_folds", "network_def#img_size", "validate#additional_metrics",
+            "cpu_settings",
+            "gpu_settings",
+            "encoder_checkpoint",
+            "class_names",
+            "image_size",
+            "patch_size",
+            "pixdim",
+            "working_size",
+            "num_folds",
+            "network_def#img_size",
+            "validate#additional_metrics",
             "validate#inferer",
         },
         "inference.json": {
-            "class_names", "displayable_configs", "encoder_name", "image_size", "patch_size", "pixdim",
-            "working_size", "vessel_value", "network_def#img_size", "inferer", "postprocessing",
+            "class_names",
+            "displayable_configs",
+            "encoder_name",
+            "image_size",
+            "patch_size",
+            "pixdim",
+            "working_size",
+            "vessel_value",
+            "network_def#img_size",
+            "inferer",
+            "postprocessing",
         },
     },
 }

@@ -26,6 +26,7 @@ from bundle_helpers import (
     error_messages,
     read_metrics_csv,
     read_predictions_csv,
+    run,
     small_run,
     workflow,
 )
@@ -87,7 +88,7 @@ def test_train_evaluate_inference(tmp_path, name):
     assert head.keys() == head_before.keys() and not all(torch.equal(head[k], head_before[k]) for k in head)
 
     # evaluate.json on the test split: metrics equal what the saved probabilities give by hand
-    workflow(root, ["train.json", "evaluate.json"], **small(dims, ckpt)).run()
+    run(root, ["train.json", "evaluate.json"], **small(dims, ckpt))
     out = root / "eval"
     metrics = read_metrics_csv(out / "metrics.csv")
     assert set(metrics) == {"val_acc", "val_auc"} and all(0 <= v <= 1 for v in metrics.values())
@@ -109,7 +110,7 @@ def test_train_evaluate_inference(tmp_path, name):
         for item in test[:2]:
             os.symlink(item["image"], folder / Path(item["image"]).name)
         infer["input_dir"] = str(folder)
-    workflow(root, ["inference.json"], workflow_type="infer", **infer).run()
+    run(root, ["inference.json"], workflow_type="infer", **infer)
     inferred = read_predictions_csv(out / "inference" / "predictions.csv")
     expected = [str(folder / Path(item["image"]).name) for item in test[:2]] if dims == 3 else probs
     assert sorted(inferred) == sorted(expected)

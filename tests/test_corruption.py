@@ -234,6 +234,7 @@ class TestHistogramEqualizedMask:
         d = t({"image": torch.rand(1, 64, 64)})
         assert d["mask"].shape == (1, 64, 64) and d["mask"].float().mean() == 0.75  # round(0.7 * 4) = 3 of 4
 
+
 # ----------------------------------------------------------------------------------------------------------
 # sizes relative to the paper's working size (512 px in 2D, 128^3 in 3D)
 # ----------------------------------------------------------------------------------------------------------
@@ -458,4 +459,3 @@ def test_frepa_corruptd_is_its_array_transform_plus_the_hessian_channel(fundus):
         assert int(d[f"strategy_view{i}"]) == int(views.strategies[i - 1])
     assert torch.equal(d["hessian"], HessianFilter(spatial_dims=2)(image))
     assert "hessian" not in FrepaCorruptd(keys="image", hessian_key=None)({"image": image})
-

@@ -88,6 +88,7 @@ def test_train_evaluate_inference(tmp_path, name):
     # evaluate.json: the test split with models/model.pt -> eval/metrics.csv and the per-image IoU table
     ev = workflow(root, ["train.json", "evaluate.json"], **small(name, encoder_checkpoint=None))
     ev.run()
+    ev.finalize()
     saved = dict(line.split(",") for line in (root / "eval" / "metrics.csv").read_text().splitlines())
     assert set(saved) == METRICS
     for metric, value in saved.items():
@@ -103,6 +104,7 @@ def test_train_evaluate_inference(tmp_path, name):
     # inference.json: per test image a JSON box in the file's voxel / world coordinates and a box mask on its grid
     inf = workflow(root, ["inference.json"], workflow_type="infer", **infer_small(name))
     inf.run()
+    inf.finalize()
     out = root / "eval" / "inference"
     for item in test:
         stem = Path(item["image"]).name.replace(".nii.gz", "")
@@ -197,7 +199,7 @@ def test_inference_box_round_trip(tmp_path, name, source, box):
     pred = torch.tensor([*_forward_box(box, shape, SIZE[name][0]), 4.0])
     out = wf.parser.get_parsed_content("postprocessing")({"image": image, "pred": pred})
 
-    written = sorted((root / "eval" / "inference").iterdir())
+    written = sorted(Path(wf.parser.get_parsed_content("staging_dir")).iterdir())  # published at finalize
     ext = ".png" if source == "png" else ".nii.gz"
     assert [p.name[-len(ext) :] if p.suffix != ".json" else ".json" for p in written] == [".json", ext]
     saved = json.loads(written[0].read_text())

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO, SMALL_RUN, bundle_copy, error_messages, workflow
+from bundle_helpers import REPO, SMALL_RUN, bundle_copy, error_messages, run, workflow
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
@@ -97,6 +97,7 @@ def test_train_evaluate_inference(tmp_path, name):
     # evaluate.json: the best model on the validation split reproduces the training's validation metrics
     ev = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])
     ev.run()
+    ev.finalize()
     saved = dict(line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
     assert set(saved) == set(metrics)
     assert float(saved["val_rmse"]) == pytest.approx(evaluator.state.best_metric, rel=1e-5)
@@ -104,8 +105,11 @@ def test_train_evaluate_inference(tmp_path, name):
     # inference.json: reconstructions of the test split, saved with the input's geometry
     inf = workflow(root, ["inference.json"], workflow_type="infer", **INFER_SMALL[name])
     inf.run()
-    saved = sorted((out / "inference").iterdir())
+    inf.finalize()
+    saved = sorted(p for p in (out / "inference").iterdir() if p.name != "summary.json")
     assert saved and all("_recon" in p.name for p in saved)
+    summary = json.loads((out / "inference" / "summary.json").read_text())
+    assert len(summary["processed"]) == len(saved) and summary["failed"] == []
     source = None
     if name.endswith("3d"):
         source = nib.load(pretrain_3d_datalist()["test"][0]["image"])
@@ -113,7 +117,7 @@ def test_train_evaluate_inference(tmp_path, name):
         assert recon.shape[:3] == source.shape and np.allclose(recon.affine, source.affine)
         assert 0.0 <= recon.get_fdata().min() and recon.get_fdata().max() <= 1.0
         # --mode embed: the encoder's feature map, with the geometry of its grid (stride 8 for vit_tiny)
-        workflow(root, ["inference.json"], workflow_type="infer", mode="embed", **INFER_SMALL[name]).run()
+        run(root, ["inference.json"], workflow_type="infer", mode="embed", **INFER_SMALL[name])
         embedding = nib.load(next((out / "inference").glob("*_embedding.nii.gz")))
         assert np.allclose(embedding.shape[:3], np.array(source.shape) / 8, atol=1) and embedding.shape[3] == 96
         np.testing.assert_allclose(embedding.header.get_zooms()[:3], 8 * np.array(source.header.get_zooms()[:3]))
@@ -135,10 +139,10 @@ def test_mae_baseline_keeps_its_mask_token_out_of_the_encoder(tmp_path):
     encoder = torch.load(root / "models" / "encoder.pt", map_location="cpu", weights_only=True)
     assert encoder["network_config"]["in_channels"] == 3 and not any("mask" in k for k in encoder["state_dict"])
     infer = {**INFER_SMALL[name], "use_hessian": False}
-    workflow(root, ["inference.json"], workflow_type="infer", strategy_name="mae", **infer).run()
+    run(root, ["inference.json"], workflow_type="infer", strategy_name="mae", **infer)
     assert list((root / "eval" / "inference").iterdir())
     with pytest.raises(Exception) as info:
-        workflow(root, ["inference.json"], workflow_type="infer", **infer).run()
+        run(root, ["inference.json"], workflow_type="infer", **infer)
     assert "--strategy_name" in error_messages(info.value) and "model.pt" in error_messages(info.value)
 
 

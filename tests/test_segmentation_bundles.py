@@ -125,6 +125,7 @@ def test_train_evaluate_inference(tmp_path, name, brains):
     # evaluate.json: the test split, metrics.csv with the validation metric names, per-image details
     ev = workflow(root, ["train.json", "evaluate.json"], **small)
     ev.run()
+    ev.finalize()
     out = root / "eval"
     saved = {k: float(v) for k, v in (line.split(",") for line in (out / "metrics.csv").read_text().splitlines())}
     assert set(saved) == expected and all(0.0 <= v <= 1.0 for v in saved.values())
@@ -142,6 +143,7 @@ def test_train_evaluate_inference(tmp_path, name, brains):
             root, ["inference.json"], workflow_type="infer", datalist=[{"image": source}], **INFER_SMALL[name]
         )
         inf.run()
+        inf.finalize()
         mask = np.asarray(Image.open(out / "inference" / f"{Path(source).stem}_seg.png"))
         assert mask.shape == np.asarray(Image.open(source)).shape[:2] == (960, 999)
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
@@ -151,6 +153,7 @@ def test_train_evaluate_inference(tmp_path, name, brains):
             root, ["inference.json"], workflow_type="infer", datalist=[{"image": source}], **INFER_SMALL[name]
         )
         inf.run()
+        inf.finalize()
         seg, src = nib.load(out / "inference" / "coarse_image_seg.nii.gz"), nib.load(source)
         assert seg.shape == src.shape == (32, 40, 28)
         np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
@@ -234,7 +237,8 @@ def test_encoder_modes_and_frequency_disentangled(tmp_path, name, mode, disentan
             **INFER_SMALL[name],
         )
         inf.run()
-        assert len(list((root / "eval" / "inference").iterdir())) == 1
+        inf.finalize()
+        assert len([p for p in (root / "eval" / "inference").iterdir() if p.name != "summary.json"]) == 1
 
 
 def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):

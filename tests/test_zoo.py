@@ -36,9 +36,6 @@ import yaml
 from bundle_helpers import REPO, bundle_copy, encoder_checkpoint, workflow
 from fault_cases_zoo import (
     EVIL,
-    SLOW_FAULTS,
-    ZOO_FAULTS,
-    check_outcome,
     kill_mid_transfer,
     lying_zip,
     not_installed,
@@ -582,12 +579,3 @@ def test_zoo_package_layout():
             elif isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] in allowed for a in node.names), (path, [a.name for a in node.names])
     assert zoo.ZipLimits() == zoo.ZipLimits(10_000, 4 * 2**30, 255, 1024)
-
-
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.slow if c in SLOW_FAULTS else ()) for c in ZOO_FAULTS]
-)
-def test_zoo_fault_rows(case, tmp_path):
-    """The rows of tests/fault_cases_zoo.py, checked as tests/fault_table.py says the fault table checks them
-    (``fault_cases_zoo.check_outcome``)."""
-    check_outcome(case(tmp_path))

@@ -382,7 +382,7 @@ def datalist_to_json(datalist: dict, path: str | Path) -> Path:
     return path
 
 
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = INPUT_SUFFIXES[2]  # every file a bundle takes: the 3D endings are among the 2D ones
 """File endings :func:`folder_datalist` takes as images (what MONAI's ``LoadImage`` reads)."""
 
 

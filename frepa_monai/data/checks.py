@@ -57,7 +57,7 @@ def check_image(
     spatial_dims: int,
     channels: Sequence[int] | None = (1, 3, 4),
     resize_to: int | None = None,
-    min_size: int = 16,
+    min_size: int = 8,
     max_aspect_ratio: float = 10.0,
     check_values: bool = True,
 ) -> str | None:
@@ -89,6 +89,8 @@ def check_image(
         reason = str(e).strip().splitlines()
         return f"cannot be read: it is truncated or damaged ({type(e).__name__}{': ' + reason[-1] if reason else ''})"
     shape = tuple(image.shape[1:])
+    while len(shape) > spatial_dims and shape[-1] == 1:  # a DICOM slice loads one voxel deep (AsSpatialDims)
+        shape = shape[:-1]
     if len(shape) != spatial_dims:
         return (
             f"has {len(shape)} spatial dimensions (shape {tuple(image.shape)}); the bundle takes {spatial_dims}D images"
@@ -100,7 +102,7 @@ def check_image(
         values = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)  # plain: no meta cost
         values = values.float()
         if not torch.isfinite(values).all():
-            return "holds NaN or infinite values"
+            return "holds NaN or Inf values"
         low, high = float(values.min()), float(values.max())
         if low == high:
             return f"is constant (every value is {low:g}): there is nothing to learn or predict from it"
@@ -140,7 +142,7 @@ def check_datalist(
     image_key: str = "image",
     channels: Sequence[int] | None = (1, 3, 4),
     resize_to: int | None = None,
-    min_size: int = 16,
+    min_size: int = 8,
     max_aspect_ratio: float = 10.0,
 ) -> Mapping[str, Sequence[Mapping]] | Sequence[Mapping]:
     """``datalist`` unchanged when every file of every split passes :func:`check_image`; else a ``ValueError`` that
@@ -181,7 +183,7 @@ def check_inputs(
     keys: Sequence[str] = ("image",),
     channels: Sequence[int] | None = (1, 3, 4),
     resize_to: int | None = None,
-    min_size: int = 16,
+    min_size: int = 8,
     max_aspect_ratio: float = 10.0,
 ) -> InputCheck:
     """The files of an inference run that pass :func:`check_image`, and each that does not with its reason (logged

@@ -6,6 +6,7 @@ with their ``...d`` dictionary twins):
 - :mod:`.hessian`: the Hessian ridge channel of the encoder input (paper Eq. 6): ``HessianFilter``;
 - :mod:`.intensity`: normalisation per modality (paper 4), the Gaussian high-pass of Fig. 1a, the channel layout;
 - :mod:`.labels`: label checks of the downstream bundles;
+- :mod:`.spatial`: a DICOM slice, loaded one voxel deep, as the 2D image it is;
 - :mod:`.detection`: detection box targets and outputs in the input file's coordinates.
 
 Everything is importable from ``frepa_monai.transforms``, so configs name ``frepa_monai.transforms.<Name>``.
@@ -44,6 +45,7 @@ from frepa_monai.transforms.intensity import (
     ScaleIntensityByModalityd,
 )
 from frepa_monai.transforms.labels import ValidateLabel, ValidateLabeld
+from frepa_monai.transforms.spatial import AsSpatialDims, AsSpatialDimsd
 from frepa_monai.transforms.utils import seeded_generator
 
 __all__ = [
@@ -71,6 +73,8 @@ __all__ = [
     "AsChannelsd",
     "ValidateLabel",
     "ValidateLabeld",
+    "AsSpatialDims",
+    "AsSpatialDimsd",
     "MaskToBox",
     "MaskToBoxd",
     "original_grid_box",
