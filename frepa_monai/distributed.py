@@ -1,5 +1,5 @@
-"""The process group of a bundle's ``multi_gpu_train.json`` (one process per device under ``torchrun``): an end
-of the group after which the process exits cleanly.
+"""The process group of a bundle's ``multi_gpu_train.json`` (one process per device under ``torchrun``): each
+process's device, and an end of the group after which the process exits cleanly.
 
 Why :func:`end_process_group` and not ``torch.distributed.destroy_process_group()`` alone (issue 15): destroying
 the group only removes it from torch's registry. ``DistributedDataParallel`` still holds it (its reducer and its
@@ -19,16 +19,26 @@ threads while the interpreter is still whole. No thread of the group is left to 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["end_process_group"]
+__all__ = ["local_device", "end_process_group"]
 
 _GROUP_HOLDERS = ("reducer", "logger", "process_group")
 """The attributes through which a ``DistributedDataParallel`` module keeps its process group alive."""
+
+
+def local_device() -> torch.device:
+    """This process's device: ``cuda:<LOCAL_RANK>`` (``torchrun`` sets ``LOCAL_RANK``) when CUDA is available, else
+    the CPU. (A config expression cannot read ``os.environ``: MONAI's expressions see ``torch``, ``numpy``,
+    ``monai`` and the config's imports, and the bundles import no ``os``.)"""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def _backends(group) -> list:
