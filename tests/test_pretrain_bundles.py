@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -219,15 +220,28 @@ def test_corrupt_or_nan_volume_gives_an_error_naming_the_file(tmp_path):
         assert bad.name in chain and reason in chain
 
 
+THREADS_AT_EXIT = (
+    "$print('threads at exit: %s' % sorted(open(f'/proc/self/task/{t}/comm').read().strip()"
+    " for t in __import__('os').listdir('/proc/self/task')), flush=True)"
+)
+"""A last finalize step: the names of this process's threads (Linux), once the bundle's finalize has run (one
+write, so that the two ranks' lines cannot mix within it)."""
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path):
-    """``torchrun --nproc_per_node=2`` with multi_gpu_train.json trains with the gloo backend on a CPU."""
+    """``torchrun --nproc_per_node=2`` with multi_gpu_train.json trains with the gloo backend on a CPU, and every
+    rank exits cleanly: finalize ends the process group, so no gloo thread is left to meet the interpreter's exit
+    (one that was aborted a rank with "terminate called without an active exception", issue 15)."""
     name = "frepa_pretrain_3d"
     root = bundle_copy(tmp_path, name)
     configs = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
-    overrides = [
-        arg for k, v in SMALL[name].items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)
-    ]
+    small = dict(SMALL[name])
+    proc = Path("/proc/self/task").is_dir()
+    if proc:  # the bundle's own finalize, then the thread names
+        small["finalize"] = json.loads((root / "configs" / "multi_gpu_train.json").read_text())["finalize"]
+        small["finalize"].append(THREADS_AT_EXIT)
+    overrides = [arg for k, v in small.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
     cmd = [
         sys.executable,
         "-m",
@@ -248,6 +262,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "models" / "checkpoint_epoch=2.pt").is_file() and (root / "models" / "encoder.pt").is_file()
     assert result.stderr.count("Epoch[2] Metrics") + result.stdout.count("Epoch[2] Metrics") >= 1
+    if proc:
+        threads = re.findall(r"threads at exit: \[[^\]]*\]", result.stdout)
+        assert len(threads) == 2 and not any("gloo" in names for names in threads), threads
 
 
 @pytest.mark.slow
