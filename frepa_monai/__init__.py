@@ -12,6 +12,7 @@ _SUBMODULES = (
     "bootstrap",
     "bundle",
     "data",
+    "distributed",
     "engines",
     "evaluation",
     "frequency",

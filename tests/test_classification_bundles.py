@@ -180,28 +180,19 @@ def test_missing_encoder_checkpoint_and_bad_label(tmp_path, monkeypatch):
     assert item["image"] in text and "holds classes [2]" in text
 
 
-_TRAIN_JSON = REPO / "bundles" / "frepa_classification_2d" / "configs" / "train.json"
-_CACHE_WORKERS_JOINED = json.loads(_TRAIN_JSON.read_text())["train"]["dataset"]["_target_"] != "CacheDataset"
-"""Whether the bundle's datasets are no longer MONAI's ``CacheDataset``, whose cache filling returns or raises
-without joining its worker threads (issue 15: the train.json change that makes the test below pass)."""
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(
-    not _CACHE_WORKERS_JOINED,
-    reason="train.json still names MONAI's CacheDataset: a cache worker still transforming an item at exit aborts",
-    strict=False,
-)
 def test_missing_image_ends_the_command_with_exit_code_1(tmp_path):
     """A datalist entry naming a missing image: ``python -m monai.bundle run`` prints the error naming the file and
     exits with code 1, not with an abort (134, SIGABRT, "terminate called without an active exception": a cache
-    worker thread still transforming the next item while Python finalised took the GIL inside a torch destructor)."""
+    worker thread still transforming the next item while Python finalised took the GIL inside a torch destructor).
+    The input check that finds a missing file before training is switched off, so that the error is raised while
+    ``frepa_monai.data.CacheDataset`` fills its cache: that is where the abort was."""
     root = bundle_copy(tmp_path, "frepa_classification_2d")
     missing = tmp_path / "no_such_image.nii.gz"
     train_datalist = f"$[dict(d, image='{missing}') if i == 0 else d for i, d in enumerate(@datalist['training'])]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json")]
     cmd += ["--bundle_root", str(root), "--preset", "cpu", "--mlflow", "false", "--encoder", "none"]
-    cmd += ["--train_datalist", train_datalist]
+    cmd += ["--train_datalist", train_datalist, "--check_datalist", "$None"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
     assert "terminate called" not in result.stderr

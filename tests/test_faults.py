@@ -30,6 +30,8 @@ from PIL import Image
 
 import frepa_monai.data as data
 from frepa_monai.guard import cause_line, lock_path
+from frepa_monai.handlers import epoch_checkpoints
+from frepa_monai.networks import checkpoint_problem
 
 PRETRAIN_2D = "frepa_pretrain_2d"
 TINY_2D = {"cpu_settings#image_size": [32, 32], "cpu_settings#batch_size": 4}
@@ -325,13 +327,11 @@ def second_run_in_the_same_folder(tmp_path):
 def sigterm_ends_the_mlflow_run_killed(tmp_path):
     root = bundle_copy(tmp_path, PRETRAIN_2D)
     proc = cli(root, "train.json", *LONG_RUN, wait=False)
-    wait_for(lambda: (root / "models" / "checkpoint_epoch=1.pt").exists(), what="the first checkpoint")
+    wait_for(lambda: epoch_checkpoints(root / "models"), what="an epoch checkpoint")
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=120)
-    newest = sorted((root / "models").glob("checkpoint_epoch=*.pt"))
-    from frepa_monai.networks import checkpoint_problem
-
-    assert newest and checkpoint_problem(newest[-1], deep=True) is None
+    newest = epoch_checkpoints(root / "models")
+    assert newest and checkpoint_problem(newest[0], deep=True) is None
     assert set(mlflow_statuses(root).values()) == {"KILLED"}
     assert not lock_path(root / "models").exists()
     return Outcome(text, ["SIGTERM"], proc.returncode)
@@ -339,16 +339,16 @@ def sigterm_ends_the_mlflow_run_killed(tmp_path):
 
 def sigkill_then_rerun_takes_the_lock_over(tmp_path):
     root = bundle_copy(tmp_path, PRETRAIN_2D)
-    short = overrides(**{"cpu_settings#max_epochs": 3, "train_datalist": "$@datalist['training'][:8]"}, **TINY_2D)
-    proc = cli(root, "train.json", *short, wait=False)
-    wait_for(lambda: (root / "models" / "checkpoint_epoch=1.pt").exists(), what="the first checkpoint")
+    proc = cli(root, "train.json", *LONG_RUN, wait=False)
+    wait_for(lambda: epoch_checkpoints(root / "models"), what="an epoch checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     killed = set(mlflow_statuses(root))
-    rc, text = cli(root, "train.json", *short)
+    rc, text = cli(root, "train.json", *LONG_RUN)
     statuses = mlflow_statuses(root)
     assert {statuses[name] for name in killed} == {"KILLED"} and "FINISHED" in statuses.values()
-    return Outcome(text, ["Engine run finished"], rc, expect_rc=0, in_text=["taking over the stale lock"])
+    taken = f"taking over the stale lock {lock_path(root / 'models')} of process {proc.pid}"
+    return Outcome(text, [], rc, expect_rc=0, in_text=[taken, "Engine run finished"])
 
 
 def nan_loss_ends_the_mlflow_run_failed(tmp_path):

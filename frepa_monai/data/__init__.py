@@ -43,9 +43,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from frepa_monai.data.checks import INPUT_SUFFIXES, InputCheck, check_datalist, check_image, check_inputs
+from frepa_monai.data.datasets import CacheDataset
 
 __all__ = [
     "SAMPLE_DIR",
+    "CacheDataset",
     "INPUT_SUFFIXES",
     "InputCheck",
     "check_image",
