@@ -4,6 +4,7 @@ ConfigWorkflow in-process (as the model zoo's CI does), and write small real enc
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def small_run(checkpoint: Path | None = None, **override) -> dict:
     if checkpoint is not None:
         out["encoder_checkpoint"] = str(checkpoint)
     return {**out, **override}
+
+
+def cli_overrides(override: dict) -> list[str]:
+    """Config overrides as ``python -m monai.bundle run`` takes them: ``--key value``, non-string values as JSON."""
+    return [arg for k, v in override.items() for arg in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
 
 
 def read_metrics_csv(path: Path) -> dict[str, float]:

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle_copy, encoder_checkpoint, run, small_run
+from bundle_helpers import bundle_copy, cli_overrides, encoder_checkpoint, run, small_run
 from fault_cases_zoo import ZOO_FAULTS
 from fault_table import Outcome, last_line, snapshot
 from PIL import Image
@@ -73,10 +73,6 @@ def cli(root: Path, config: str, *args: str, timeout: int = 600, wait: bool = Tr
         )
     done = subprocess.run(cmd, cwd=root.parent, env=environment, capture_output=True, text=True, timeout=timeout)
     return done.returncode, done.stdout + done.stderr
-
-
-def overrides(**values) -> list[str]:
-    return [arg for k, v in values.items() for arg in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
 
 
 def wait_for(condition, timeout: float = 300, what: str = "") -> None:
@@ -191,7 +187,7 @@ def missing_file_in_classification(tmp_path):
     root = bundle_copy(tmp_path, "frepa_classification_2d")
     missing = tmp_path / "gone.png"
     listed = [{"image": str(missing), "label": 1, "window": "none"}]
-    args = overrides(mlflow=False, encoder="random", train_datalist=as_list(listed))
+    args = cli_overrides({"mlflow": False, "encoder": "random", "train_datalist": as_list(listed)})
     rc, text = cli(root, "train.json", *args)
     assert rc == 1, f"exit status {rc}"
     return Outcome(text, [str(missing), "does not exist"], rc, expect_rc=1)
@@ -309,7 +305,7 @@ def resume_with_only_a_truncated_checkpoint(tmp_path):
 
 
 # -- 2. concurrent runs, signals, MLflow -------------------------------------------------------------------------------
-LONG_RUN = overrides(**{"cpu_settings#max_epochs": 50, "train_datalist": "$@datalist['training'][:8]"}, **TINY_2D)
+LONG_RUN = cli_overrides({"cpu_settings#max_epochs": 50, "train_datalist": "$@datalist['training'][:8]", **TINY_2D})
 
 
 def second_run_in_the_same_folder(tmp_path):
@@ -353,8 +349,8 @@ def sigkill_then_rerun_takes_the_lock_over(tmp_path):
 
 def nan_loss_ends_the_mlflow_run_failed(tmp_path):
     root = bundle_copy(tmp_path, PRETRAIN_2D)
-    args = overrides(**{"cpu_settings#max_epochs": 2, "cpu_settings#learning_rate": 1e30})
-    rc, text = cli(root, "train.json", *args, *overrides(train_datalist="$@datalist['training'][:8]", **TINY_2D))
+    diverging = {"cpu_settings#max_epochs": 2, "cpu_settings#learning_rate": 1e30, **TINY_2D}
+    rc, text = cli(root, "train.json", *cli_overrides({**diverging, "train_datalist": "$@datalist['training'][:8]"}))
     assert set(mlflow_statuses(root).values()) == {"FAILED"}
     return Outcome(text, ["loss terms", "training stopped"], rc)
 

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO, SMALL_RUN, bundle_copy, error_messages, run, workflow
+from bundle_helpers import REPO, SMALL_RUN, bundle_copy, cli_overrides, error_messages, run, workflow
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
@@ -241,7 +241,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     if proc:  # the bundle's own finalize, then the thread names
         small["finalize"] = json.loads((root / "configs" / "multi_gpu_train.json").read_text())["finalize"]
         small["finalize"].append(THREADS_AT_EXIT)
-    overrides = [arg for k, v in small.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    overrides = cli_overrides(small)
     cmd = [
         sys.executable,
         "-m",
@@ -277,7 +277,7 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     train(whole, name, **small)
 
     root = bundle_copy(tmp_path / "killed", name)
-    overrides = [arg for k, v in small.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    overrides = cli_overrides(small)
     cmd = [
         sys.executable,
         "-m",

@@ -9,7 +9,6 @@ those sizes (``bundle_helpers.encoder_checkpoint``).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import SMALL_RUN, bundle_copy, encoder_checkpoint, error_messages, run, workflow
+from bundle_helpers import SMALL_RUN, bundle_copy, cli_overrides, encoder_checkpoint, error_messages, run, workflow
 from PIL import Image
 
 from frepa_monai.data import brain_region_segmentation_datalist, vessel_segmentation_datalist
@@ -278,7 +277,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     root, ckpt, small = _setup(tmp_path, V2D, frequency_disentangled=True)
     small["train_datalist"] = "$@datalist['training'][:4]"
     configs = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
-    overrides = [arg for k, v in small.items() for arg in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+    overrides = cli_overrides(small)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     cmd += ["run", "--config_file", configs, "--bundle_root", str(root), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
