@@ -2,6 +2,7 @@
 the frequency-disentangled comparison network, and encoder checkpoints."""
 
 from frepa_monai.networks.autoencoder import FrepaAutoEncoder, MaskTokens, build_autoencoder
+from frepa_monai.networks.build_record import BuildRecord, network_from_checkpoint, read_build_config, record_build
 from frepa_monai.networks.checkpoint import (
     CheckpointError,
     EncoderLoadReport,
@@ -43,6 +44,10 @@ from frepa_monai.networks.heads import (
 from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_embedding_1d, sinusoidal_embedding_2d
 
 __all__ = [
+    "BuildRecord",
+    "network_from_checkpoint",
+    "read_build_config",
+    "record_build",
     "CheckpointError",
     "ENCODER_MODES",
     "ENCODER_PRESETS",

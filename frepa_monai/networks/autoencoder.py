@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from frepa_monai.networks.build_record import BuildRecord, record_build
 from frepa_monai.networks.decoders import ConvDecoder
 from frepa_monai.networks.encoders import ViTEncoder, build_encoder
 
@@ -34,7 +35,7 @@ class MaskTokens(nn.Module):
         return grid.transpose(1, 2).reshape(batch, hidden, *grid_size)
 
 
-class FrepaAutoEncoder(nn.Module):
+class FrepaAutoEncoder(BuildRecord, nn.Module):
     """An encoder ``E`` and a :class:`~frepa_monai.networks.decoders.ConvDecoder`.
 
     - ``forward(x)``: ``(B, C_in, *spatial)`` -> reconstruction ``(B, C_out, *spatial)``, the same spatial size
@@ -90,6 +91,7 @@ def build_autoencoder(
     out_channels: int | None = None,
     decoder_channels: Sequence[int] | None = None,
     mask_token: bool = False,
+    preset: str | None = None,
     **encoder_overrides,
 ) -> FrepaAutoEncoder:
     """Encoder preset ``name`` + a matching ``ConvDecoder``.
@@ -104,6 +106,8 @@ def build_autoencoder(
         decoder_channels: channels of the decoder blocks (default: halving from the encoder's channels).
         mask_token: add MAE's :class:`MaskTokens` when the encoder is a ViT (the MAE baseline; other encoders are
             masked SimMIM style and need none).
+        preset: the bundle preset (``"cpu"`` / ``"gpu"``), recorded with the arguments in the state dict (see
+            :mod:`frepa_monai.networks.build_record`).
         encoder_overrides: passed to ``build_encoder``.
     """
     if out_channels is None:
@@ -113,4 +117,14 @@ def build_autoencoder(
     encoder = build_encoder(name, spatial_dims, in_channels, img_size, **encoder_overrides)
     decoder = ConvDecoder(encoder.out_channels, out_channels, encoder.stride, spatial_dims, channels=decoder_channels)
     tokens = MaskTokens(encoder.out_channels) if mask_token and isinstance(encoder, ViTEncoder) else None
-    return FrepaAutoEncoder(encoder, decoder, tokens)
+    args = {
+        "name": name,
+        "spatial_dims": spatial_dims,
+        "in_channels": in_channels,
+        "img_size": img_size,
+        "out_channels": out_channels,
+        "decoder_channels": decoder_channels,
+        "mask_token": mask_token,
+        **encoder_overrides,
+    }
+    return record_build(FrepaAutoEncoder(encoder, decoder, tokens), "build_autoencoder", args, preset)

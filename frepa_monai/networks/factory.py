@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch.nn as nn
 from monai.networks.nets import MedNeXt, SwinUNETR
 
+from frepa_monai.networks.build_record import record_build
 from frepa_monai.networks.checkpoint import load_encoder_weights
 from frepa_monai.networks.encoders import PRESET_DOC_KEYS, PatchifyEncoder, build_encoder, encoder_preset
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet
@@ -112,6 +113,7 @@ def build_task_network(
     frequency_disentangled: bool = False,
     cutoff_ratio: float = 0.1,
     branch_channels: int = 16,
+    preset: str | None = None,
 ) -> nn.Module:
     """Encoder preset + task head in one :class:`FrepaTaskNet`, optionally with pretrained encoder weights.
 
@@ -134,6 +136,9 @@ def build_task_network(
             ``branch_channels`` features, fused by a 1x1 convolution into ``out_channels`` classes.
         cutoff_ratio: Gaussian cut-off of the frequency split, a fraction of the smallest spatial size.
         branch_channels: features of each branch of the frequency-disentangled network.
+        preset: the bundle preset (``"cpu"`` / ``"gpu"``), recorded with the other arguments (but not
+            ``encoder_checkpoint``) in the state dict: see :mod:`frepa_monai.networks.build_record`. A network
+            with a head module (not a name) records nothing.
     """
     enc = build_downstream_encoder(
         encoder_name, spatial_dims, in_channels, img_size, encoder, encoder_checkpoint, encoder_overrides
@@ -150,12 +155,30 @@ def build_task_network(
             )
             for _ in range(2)
         ]
-        return FrequencyDisentangledNet(
+        net = FrequencyDisentangledNet(
             branches[0], branches[1], cutoff_ratio, spatial_dims, out_channels, branch_channels=branch_channels
         )
-    if isinstance(head, str):
-        head = build_head(head, enc.out_channels, enc.stride, spatial_dims, out_channels, **(head_kwargs or {}))
-    return FrepaTaskNet(enc, head, freeze_encoder=freeze)
+    elif not isinstance(head, str):
+        return FrepaTaskNet(enc, head, freeze_encoder=freeze)  # a head module is not recorded (see preset below)
+    else:
+        head_module = build_head(head, enc.out_channels, enc.stride, spatial_dims, out_channels, **(head_kwargs or {}))
+        net = FrepaTaskNet(enc, head_module, freeze_encoder=freeze)
+    args = {
+        "encoder_name": encoder_name,
+        "spatial_dims": spatial_dims,
+        "in_channels": in_channels,
+        "img_size": img_size,
+        "head": head,
+        "out_channels": out_channels,
+        "freeze_encoder": freeze_encoder,
+        "head_kwargs": head_kwargs,
+        "encoder_overrides": encoder_overrides,
+        "encoder": encoder,
+        "frequency_disentangled": frequency_disentangled,
+        "cutoff_ratio": cutoff_ratio,
+        "branch_channels": branch_channels,
+    }
+    return record_build(net, "build_task_network", args, preset)
 
 
 def build_slice_transformer(
@@ -174,6 +197,7 @@ def build_slice_transformer(
     encoder_overrides: dict | None = None,
     encoder: str = "pretrained",
     freeze_encoder: bool = True,
+    preset: str | None = None,
 ) -> SliceTransformer:
     """A 2D encoder preset (frozen, optionally pretrained) in a :class:`SliceTransformer` with a 3D head.
 
@@ -182,28 +206,48 @@ def build_slice_transformer(
     repeated to the encoder's channels) or ``in_channels``. The head sees ``(B, hidden_size, h, w, D)``.
     ``encoder`` is the mode of :func:`build_downstream_encoder` (``pretrained``, ``random`` or ``none``).
     ``freeze_encoder=False`` is accepted, for the downstream bundles' common switch, and only warns: the 2D encoder
-    always stays frozen here (paper 3.3.2).
+    always stays frozen here (paper 3.3.2). ``preset`` and the arguments (but not ``encoder_checkpoint``) are recorded
+    in the state dict when ``head`` is a name (see :mod:`frepa_monai.networks.build_record`).
     """
     if not freeze_encoder:
         logger.warning(
             "freeze_encoder=false has no effect: SliceTransformer always keeps the 2D encoder frozen (paper 3.3.2); "
             "only the projection, the transformer blocks and the head train"
         )
-    encoder = build_downstream_encoder(
+    enc = build_downstream_encoder(
         encoder_name, 2, in_channels, img_size, encoder, encoder_checkpoint, encoder_overrides
     )
+    head_module = head
     if isinstance(head, str):
-        stride = (*encoder.stride, 1)
-        head = build_head(head, hidden_size, stride, 3, out_channels, **(head_kwargs or {}))
-    return SliceTransformer(
-        encoder,
-        head,
+        head_module = build_head(head, hidden_size, (*enc.stride, 1), 3, out_channels, **(head_kwargs or {}))
+    net = SliceTransformer(
+        enc,
+        head_module,
         hidden_size=hidden_size,
         num_heads=num_heads,
         iterations=iterations,
         slice_chunk_size=slice_chunk_size,
         hessian_channel=hessian_channel,
     )
+    if not isinstance(head, str):
+        return net
+    args = {
+        "encoder_name": encoder_name,
+        "in_channels": in_channels,
+        "img_size": img_size,
+        "head": head,
+        "out_channels": out_channels,
+        "hidden_size": hidden_size,
+        "num_heads": num_heads,
+        "iterations": iterations,
+        "slice_chunk_size": slice_chunk_size,
+        "hessian_channel": hessian_channel,
+        "head_kwargs": head_kwargs,
+        "encoder_overrides": encoder_overrides,
+        "encoder": encoder,
+        "freeze_encoder": freeze_encoder,
+    }
+    return record_build(net, "build_slice_transformer", args, preset)
 
 
 def build_pretrained_whole_network(

@@ -14,6 +14,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 
 from frepa_monai.frequency import gaussian_lowpass
+from frepa_monai.networks.build_record import BuildRecord
 
 __all__ = ["frequency_split", "FrequencyDisentangledNet"]
 
@@ -34,7 +35,7 @@ def frequency_split(x: torch.Tensor, cutoff_ratio: float, spatial_dims: int) -> 
     return low, x - low
 
 
-class FrequencyDisentangledNet(nn.Module):
+class FrequencyDisentangledNet(BuildRecord, nn.Module):
     """Two backbone branches on the low- and high-frequency parts of the input, fused by concat + 1x1 conv.
 
     ``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``.

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv, Pool
 
+from frepa_monai.networks.build_record import BuildRecord
 from frepa_monai.networks.decoders import ConvDecoder
 
 __all__ = [
@@ -99,7 +100,7 @@ class DetectionHead(nn.Module):
         return torch.cat([lo, lo + size, out[:, 2 * n :]], dim=1)
 
 
-class FrepaTaskNet(nn.Module):
+class FrepaTaskNet(BuildRecord, nn.Module):
     """An encoder and a task head: ``(B, C, *spatial)`` -> ``head(encoder(x), spatial)``.
 
     With ``freeze_encoder=True`` (the paper's downstream protocol) the encoder has ``requires_grad=False``, stays

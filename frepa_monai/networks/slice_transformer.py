@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import TransformerBlock
 
+from frepa_monai.networks.build_record import BuildRecord
 from frepa_monai.networks.encoders import freeze_unused_cross_attention_norms
 
 __all__ = ["SliceTransformer", "sinusoidal_embedding_1d", "sinusoidal_embedding_2d"]
@@ -39,7 +40,7 @@ def sinusoidal_embedding_2d(height: int, width: int, dim: int, temperature: floa
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
 
 
-class SliceTransformer(nn.Module):
+class SliceTransformer(BuildRecord, nn.Module):
     """Frozen 2D encoder per slice + iterated intra-/inter-image transformer blocks + a task head.
 
     For a volume ``x`` ``(B, C, H, W, D)`` (slices along the last axis):
