@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from monai.networks.nets import UNETR, SwinUNETR
@@ -103,8 +101,9 @@ def test_task_network_with_linear_probe_trains_the_head_only_and_rebuilds(task, 
     assert out.shape == ((2, classes, 32, 32) if task == "segmentation" else (2, classes))
     # inference rebuilds the linear probe from model.pt (the recorded head and head_kwargs)
     torch.save(net.state_dict(), tmp_path / "model.pt")
-    default = functools.partial(build_task_network, **kwargs, head=task, out_channels=classes)
-    rebuilt = network_from_checkpoint(tmp_path / "model.pt", default=default)
+    rebuilt = network_from_checkpoint(
+        "build_task_network", tmp_path / "model.pt", **kwargs, head=task, out_channels=classes
+    )
     rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     assert type(rebuilt.head) is type(net.head)
     with torch.no_grad():
