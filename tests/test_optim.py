@@ -147,13 +147,19 @@ def test_monai_whole_networks_decay_their_encoder_only():
     assert {layer[n] for n in layer if not n.startswith("swinViT.")} == {0}
 
 
-def test_wrapper_and_mae_tokens():
+def test_wrapper_shared_encoder_and_mae_tokens():
     net = build_task_network("vit_tiny", 2, 2, 32, head="segmentation", freeze_encoder=False)
     wrapper = nn.Module()
     wrapper.module = net  # as DistributedDataParallel holds it
     plain = rates(net, param_groups(net, LR, WD, DECAY))
     wrapped = rates(wrapper, param_groups(wrapper, LR, WD, DECAY))
     assert wrapped == {f"module.{name}": r for name, r in plain.items()}
+
+    # the frequency-disentangled network's two branches share one encoder: its parameters are in one group each
+    fd = build_task_network("vit_tiny", 2, 2, 32, freeze_encoder=False, frequency_disentangled=True)
+    layer = {name: scale(lr) for name, (lr, _) in rates(fd, param_groups(fd, LR, WD, DECAY)).items()}
+    assert {layer[n] for n in layer if "patch_embedding" in n} == {3}
+    assert not any(n.startswith("backbone_high.encoder.") for n in layer)  # named once, under backbone_low
 
     mae = build_autoencoder("vit_tiny", 2, 4, 32, mask_token=True)
     by_name = rates(mae, param_groups(mae, LR, WD, DECAY))
