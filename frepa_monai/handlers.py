@@ -315,8 +315,8 @@ class FrepaCheckpointLoader:
 
 class LossTermAverages:
     """Put the epoch mean of every loss term of a pretraining step (:func:`loss_terms`; not the total, logged per
-    iteration as ``train_loss``) into ``engine.state.metrics`` as ``train_<term>``, where MONAI's stats, TensorBoard and MLflow handlers log the
-    metrics of each epoch. Attach it before them."""
+    iteration as ``train_loss``) into ``engine.state.metrics`` as ``train_<term>``, where MONAI's stats,
+    TensorBoard and MLflow handlers log the metrics of each epoch. Attach it before them."""
 
     def __init__(self) -> None:
         self._sums: dict[str, float] = {}
