@@ -87,13 +87,13 @@ def end_process_group(modules: Sequence[torch.nn.Module] = (), barrier: bool = T
     backends.clear()  # the last references: the group's destructor joins its worker threads, without the GIL
 
 
-def check_items_per_rank(items: Sized, key: str) -> None:
+def check_items_per_rank(items: Sized, key: str, world_size: int | None = None) -> None:
     """Raise a ``ValueError`` naming ``key`` when ``items`` (the evaluation data) are fewer than the processes of the
-    distributed run: MONAI's ``DistributedSampler(even_divisible=False)`` gives every process at least one item and
-    repeats none. Does nothing in a single-process run."""
-    if not (dist.is_available() and dist.is_initialized()):
+    distributed run (``world_size``; ``None``: the process group's, none in a single-process run): MONAI's
+    ``DistributedSampler(even_divisible=False)`` gives every process at least one item and repeats none."""
+    if world_size is None and not (dist.is_available() and dist.is_initialized()):
         return
-    world = dist.get_world_size()
+    world = dist.get_world_size() if world_size is None else world_size
     if len(items) < world:
         raise ValueError(
             f"{key} holds {len(items)} item(s), fewer than the {world} processes of this run: start at most "
