@@ -214,23 +214,11 @@ SLOW = ["frepa_vessel_segmentation_2d", "frepa_classification_2d", "frepa_detect
 prediction CSV; the detection metric; the pretraining metrics on seeded corruptions."""
 
 
-def _seed_each_item(root: Path) -> dict:
-    """The pretraining evaluation corrupts each image at random. Until its evaluate.json reseeds per item itself
-    (frepa_monai.distributed.ItemSeeder), both runs of the test add it, so that the draws do not depend on the
-    split (test_item_seeder_draws_follow_the_item_not_the_rank)."""
-    if "ItemSeeder" in (root / "configs" / "evaluate.json").read_text():
-        return {}
-    return {
-        "item_seeder": {"_target_": "frepa_monai.distributed.ItemSeeder"},
-        "validate#evaluator#val_handlers": "$@validate#handlers + [@item_seeder]",
-    }
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW)
 def test_two_processes_report_what_one_does(tmp_path, name):
     root = bundle_copy(tmp_path, name)
-    small = _small(name, **(_seed_each_item(root) if name.startswith("frepa_pretrain") else {}))
+    small = _small(name)  # the pretraining evaluation reseeds per item (ItemSeeder): draws follow the item
     one = workflow(root, ["train.json", "evaluate.json"], **small)
     items = one.parser.get_parsed_content("validate#dataset#data")
     assert len(items) % 2 == 1  # an odd count: a sampler that evened out the ranks would count one item twice
