@@ -7,6 +7,7 @@
 - :class:`EpochSeeder`: per-epoch seeds, so that a resumed run repeats an uninterrupted one;
 - :func:`loss_terms`: the ``output_transform`` that logs every loss term of a pretraining step;
 - :class:`NonFiniteLossCheck`: a NaN or infinite loss term stops training with an error;
+- :class:`FrepaValidationHandler`: MONAI's ``ValidationHandler``, also after the last epoch;
 - :class:`LossTermAverages`: each loss term's epoch mean in ``engine.state.metrics`` (what MLflow logs per epoch);
 - :class:`GradientClipping`: optional gradient-norm clipping before the optimizer step;
 - :class:`BestEncoderSaver`: ``encoder.pt`` written with each better ``model.pt``.
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver, ValidationHandler
 from monai.transforms import Randomizable
 from monai.utils import set_determinism
 
@@ -53,6 +54,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "BestModelRecord",
     "EpochSeeder",
+    "FrepaValidationHandler",
     "LossTermAverages",
     "GradientClipping",
     "BestEncoderSaver",
@@ -311,6 +313,22 @@ class FrepaCheckpointLoader:
             for old in epoch_checkpoints(self.ckpt_dir):
                 Path(old).unlink(missing_ok=True)
         return True
+
+
+class FrepaValidationHandler(ValidationHandler):
+    """MONAI's ``ValidationHandler`` (epoch level) that also validates the last epoch when ``interval`` does not
+    divide ``max_epochs``, so that ``model.pt`` and ``encoder.pt`` are chosen from every epoch up to the end (a run
+    of MONAI Label's ``max_epochs`` too). Takes MONAI's arguments."""
+
+    def attach(self, engine: Engine) -> None:
+        if not self.epoch_level:
+            return super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch == engine.state.max_epochs
 
 
 class LossTermAverages:

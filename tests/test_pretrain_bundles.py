@@ -224,11 +224,19 @@ def test_training_on_a_folder_of_the_users_images(tmp_path):
     assert "no image files" in error_messages(info.value) and "empty" in error_messages(info.value)
 
 
-def test_checkpoint_of_another_architecture_fails_clearly(tmp_path):
+def test_evaluation_builds_the_trained_architecture_and_refuses_an_unrecorded_other_one(tmp_path):
+    """``model.pt`` of a ``convnext_tiny`` run evaluates with the default (``vit_tiny``) config: the network comes
+    from the file. The same weights without their record (a state dict from elsewhere) fail clearly."""
     name = "frepa_pretrain_3d"
     root = bundle_copy(tmp_path, name)
     train(root, name, **{"cpu_settings#max_epochs": 1, "cpu_settings#encoder": "convnext_tiny"})
     wf = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])  # vit_tiny
+    wf.run()
+    assert type(wf.parser.get_parsed_content("network").encoder).__name__ == "ConvNeXtEncoder"
+    model = root / "models" / "model.pt"
+    weights = torch.load(model, map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in weights.items() if k != "_extra_state"}, model)
+    wf = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])
     with pytest.raises(Exception) as info:
         wf.run()
     chain = error_messages(info.value)

@@ -28,6 +28,7 @@ from bundle_helpers import (
     run,
     workflow,
 )
+from ignite.engine import Events
 from PIL import Image
 
 from frepa_monai.data import brain_region_segmentation_datalist, vessel_segmentation_datalist
@@ -255,7 +256,12 @@ def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
     _, ckpt, small = _setup(tmp_path, V2D)
     whole, parts = bundle_copy(tmp_path / "whole", V2D), bundle_copy(tmp_path / "parts", V2D)
     run(whole, ["train.json"], **small)
-    run(parts, ["train.json"], **{**small, "cpu_settings#max_epochs": 1})
+    first = workflow(parts, ["train.json"], **small)  # the same max_epochs, so the same LR schedule
+    first.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate()
+    )  # stopped after epoch 1, as a kill would
+    first.run()
+    first.finalize()
     assert (parts / "models" / "checkpoint_epoch=1.pt").is_file()
     resumed = run(parts, ["train.json"], **small)
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2

@@ -24,12 +24,11 @@ EXTRA_STATE_KEY = "_extra_state"
 
 
 class BuildRecord:
-    """Mixin for an ``nn.Module`` whose ``build_config`` travels in its state dict (``_extra_state``)."""
-
-    build_config: dict | None = None
+    """Mixin for an ``nn.Module`` whose ``build_config`` (set by :func:`record_build`) travels in its state dict
+    (``_extra_state``). No class annotation: TorchScript would parse it."""
 
     def get_extra_state(self) -> dict:
-        return {"build_config": dict(self.build_config or {})}
+        return {"build_config": dict(getattr(self, "build_config", None) or {})}
 
     def set_extra_state(self, state) -> None:
         """Keep the loaded record as ``loaded_build_config``; the module's own ``build_config`` stays."""
