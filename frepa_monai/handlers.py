@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -296,9 +297,11 @@ class FrepaCheckpointLoader:
     def _finished(self, path: str, engine: Engine) -> bool:
         """Whether ``path`` ends a finished run (its epoch reached this run's ``max_epochs``). Such a run is not
         resumed, which would train zero epochs (MONAI Label's second ``/train`` on new labels, or the same command
-        run again): its epoch checkpoints are removed, and this run trains from epoch 0 from the weights the
-        network has now (random, pretrained encoder, or a ``model.pt`` that a ``CheckpointLoader`` in
-        ``train#handlers`` loaded). ``model.pt`` stays until this run validates. A larger ``max_epochs`` resumes."""
+        run again): this run trains from epoch 0 from the weights the network has now (random, pretrained encoder,
+        or a ``model.pt`` that a ``CheckpointLoader`` in ``train#handlers`` loaded). The finished run's epoch
+        checkpoints are renamed ``<name>.finished`` and removed only once this run has saved an epoch of its own,
+        so a new run that fails early loses nothing. ``model.pt`` stays until this run validates. A larger
+        ``max_epochs`` resumes instead."""
         trainer = load_checkpoint(path).get("trainer")
         if not isinstance(trainer, dict) or not trainer.get("epoch_length"):
             return False
@@ -309,9 +312,17 @@ class FrepaCheckpointLoader:
             f"{path} is a finished run ({epoch} epochs, max_epochs {engine.state.max_epochs}): training a new run "
             "from epoch 0 instead of resuming it (pass a larger --max_epochs to continue that run)"
         )
+        finished = []
         if idist.get_rank() == 0:
             for old in epoch_checkpoints(self.ckpt_dir):
-                Path(old).unlink(missing_ok=True)
+                finished.append(Path(f"{old}.finished"))
+                os.replace(old, finished[-1])
+
+        def remove_finished(_) -> None:
+            for old in finished:
+                old.unlink(missing_ok=True)
+
+        engine.add_event_handler(Events.EPOCH_STARTED(once=2) | Events.COMPLETED, remove_finished)
         return True
 
 

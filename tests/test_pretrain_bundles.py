@@ -196,6 +196,7 @@ def test_a_finished_run_trains_anew_and_a_longer_one_resumes(tmp_path):
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: done.append(engine.state.epoch))
         wf.run()
         wf.finalize()
+        assert not list((root / "models").glob("*.finished"))  # set aside at the start, removed after epoch 1
         return done, len(list((root / "models").glob("checkpoint_epoch=*.pt")))
 
     assert epochs_run() == ([1, 2], 1)
