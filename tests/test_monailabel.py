@@ -10,21 +10,31 @@ Python runs the server:
 
 For each bundle a model.pt is built from the bundle's own ``inference.json`` at the CPU preset (seeded weights;
 an untrained network predicts one class everywhere, so the final convolution's bias is centred on the first study
-image so that several classes occur). The server then gets a studies folder with two CHASE_DB1 fundus photographs
-(JPEG) and the MNI152 T1 volume (NIfTI); ``/info/`` must list both models with the labels of their metadata's
-``channel_def``, and ``/infer/<model>`` must return, for every study, a label image of the input's size (and, for
-NIfTI, affine) equal to what the bundle's own ``inference.json`` writes for the same model.pt.
+image so that several classes occur), and a real ``vit_tiny`` encoder.pt at the CPU preset's size is placed where
+``train.json`` looks for it. One server gets a studies folder with two CHASE_DB1 fundus photographs (JPEG) and the
+MNI152 T1 volume (NIfTI); ``/info/`` must list both models with the labels of their metadata's ``channel_def``,
+and ``/infer/<model>`` must return, for every study, a label image of the input's size (and, for NIfTI, affine)
+equal to what the bundle's own ``inference.json`` writes for the same model.pt.
+
+A second server runs the annotation loop on the 2D vessel bundle (its own app and studies, so the tests above see
+the model.pt they were built with): ``/infer``, labels submitted through ``PUT /datastore/label``, ``/train``
+(``run_sync``, one epoch at the CPU preset), another label and a second ``/train`` (a new run, not the finished
+one resumed), then ``/infer`` again with the new weights, equal to the bundle's own inference with the new model.pt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +47,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import encoder_checkpoint
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -49,6 +60,10 @@ V2D, S3D = "frepa_vessel_segmentation_2d", "frepa_segmentation_3d"
 BUNDLES = (V2D, S3D)
 START_TIMEOUT_S = 240
 INFER_TIMEOUT_S = 300
+TRAIN_TIMEOUT_S = 600
+ENCODER = {V2D: ("vit_tiny", 2, 4, [128, 128]), S3D: ("vit_tiny", 3, 2, [48, 48, 48])}
+"""The CPU preset's encoder of each bundle (train.json's cpu_settings: encoder_name, image / patch size; the image
+channels plus the Hessian channel)."""
 
 
 def _setup_app_module():
@@ -107,14 +122,15 @@ def monailabel_python() -> str:
     return chosen
 
 
-def _studies(folder: Path) -> dict[str, list[Path]]:
-    """Two real CHASE_DB1 fundus photographs (JPEG, test split) and the MNI152 T1 volume (NIfTI), per bundle."""
+def _studies(folder: Path, fundus_count: int = 2, brain: bool = True) -> dict[str, list[Path]]:
+    """Real CHASE_DB1 fundus photographs (JPEG, test split) and the MNI152 T1 volume (NIfTI), per bundle."""
     folder.mkdir(parents=True)
-    fundus = [Path(item["image"]) for item in vessel_segmentation_datalist()["test"][:2]]
-    brain = [Path(brain_region_segmentation_datalist()["test"][0]["image"])]
-    for f in fundus + brain:
+    fundus = [Path(item["image"]) for item in vessel_segmentation_datalist()["test"][:fundus_count]]
+    brains = [Path(brain_region_segmentation_datalist()["test"][0]["image"])] if brain else []
+    for f in fundus + brains:
         shutil.copy2(f, folder / f.name)
-    return {V2D: [folder / f.name for f in fundus], S3D: [folder / f.name for f in brain]}
+    out = {V2D: [folder / f.name for f in fundus]}
+    return {**out, S3D: [folder / f.name for f in brains]} if brain else out
 
 
 def _build_model(bundle: str, image: Path, out: Path) -> Path:
@@ -143,6 +159,11 @@ def _build_model(bundle: str, image: Path, out: Path) -> Path:
     return out
 
 
+def _encoders(folder: Path, names) -> dict[str, Path]:
+    """A real seeded encoder.pt per bundle at its CPU preset (:data:`ENCODER`)."""
+    return {n: encoder_checkpoint(folder / n / "encoder.pt", *ENCODER[n], seed=3) for n in names}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,13 +175,41 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
         return r.read()
 
 
-def _post(url: str, timeout: float) -> tuple[bytes, str]:
-    req = urllib.request.Request(url, data=b"", method="POST")
+def _request(req: urllib.request.Request, timeout: float) -> tuple[bytes, str]:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.read(), r.headers.get("content-type", "")
     except urllib.error.HTTPError as e:
-        raise AssertionError(f"POST {url} -> {e.code}: {e.read()[:500]!r}") from e
+        raise AssertionError(f"{req.get_method()} {req.full_url} -> {e.code}: {e.read()[:2000]!r}") from e
+
+
+def _post(url: str, timeout: float, params: dict | None = None) -> tuple[bytes, str]:
+    """POST ``url``, with ``params`` as the JSON body when given."""
+    data, headers = (json.dumps(params).encode(), {"Content-Type": "application/json"}) if params else (b"", {})
+    return _request(urllib.request.Request(url, data=data, headers=headers, method="POST"), timeout)
+
+
+def _put_label(base: str, image_id: str, label: np.ndarray, folder: Path) -> dict:
+    """``PUT /datastore/label`` of ``label`` (class indices) as a PNG file for ``image_id`` (multipart form)."""
+    png = folder / f"{image_id}.png"
+    Image.fromarray(label.astype(np.uint8)).save(png)
+    boundary = "frepa-" + hashlib.sha256(png.read_bytes()).hexdigest()[:24]
+    body = b"".join(
+        [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'.encode(),
+            f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="{png.name}"\r\n'.encode(),
+            b"Content-Type: image/png\r\n\r\n" + png.read_bytes() + b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        ]
+    )
+    query = urllib.parse.urlencode({"image": image_id, "tag": "final"})
+    req = urllib.request.Request(
+        f"{base}/datastore/label?{query}",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="PUT",
+    )
+    return json.loads(_request(req, timeout=60)[0])
 
 
 def _log_tail(log: Path, n: int = 4000) -> str:
@@ -190,20 +239,12 @@ def _reference_labels(python: str, work: Path, models: dict[str, Path], studies:
     return work
 
 
-@pytest.fixture(scope="module")
-def server(monailabel_python, tmp_path_factory):
-    """A running MONAI Label server serving both segmentation bundles; stopped (process group) afterwards."""
-    work = tmp_path_factory.mktemp("monailabel")
-    studies = _studies(work / "studies")
-    models = {name: _build_model(name, studies[name][0], work / "models" / name / "model.pt") for name in BUNDLES}
-
-    app = work / "app"
-    changes = setup_app.setup_app(app, list(BUNDLES), monailabel_python, models=models)
-    assert set(changes) == set(BUNDLES)
-    reference = _reference_labels(monailabel_python, work / "reference", models, studies)
-
+@contextlib.contextmanager
+def _serve(python: str, app: Path, studies: Path, names: list[str], work: Path):
+    """A MONAI Label server of ``app`` on a free port of 127.0.0.1 (CPU only), until ``/info/`` answers; yields
+    ``{"base", "info", "log", "proc", "start_s"}`` and stops the server's process group afterwards."""
     port = _free_port()
-    cmd = setup_app.server_command(monailabel_python, app, work / "studies", list(BUNDLES), "127.0.0.1", port)
+    cmd = setup_app.server_command(python, app, studies, names, "127.0.0.1", port)
     (work / "cwd").mkdir()
     (work / "tmp").mkdir()
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TMPDIR": str(work / "tmp")}
@@ -226,8 +267,9 @@ def server(monailabel_python, tmp_path_factory):
                 time.sleep(1.0)
         if info is None:
             pytest.fail(f"MONAI Label did not answer /info/ within {START_TIMEOUT_S} s:\n{_log_tail(log)}")
-        print(f"MONAI Label answered /info/ after {time.monotonic() - t0:.1f} s")
-        yield {"base": base, "info": info, "studies": studies, "reference": reference, "log": log, "proc": proc}
+        start_s = time.monotonic() - t0
+        print(f"MONAI Label ({', '.join(names)}) answered /info/ after {start_s:.1f} s")
+        yield {"base": base, "info": info, "log": log, "proc": proc, "start_s": start_s}
     finally:
         pgid = proc.pid  # start_new_session: the server leads its own process group
         try:
@@ -248,6 +290,26 @@ def server(monailabel_python, tmp_path_factory):
         else:
             os.killpg(pgid, signal.SIGKILL)
             pytest.fail(f"processes of MONAI Label's group {pgid} outlived SIGTERM")
+
+
+@pytest.fixture(scope="module")
+def server(monailabel_python, tmp_path_factory):
+    """A running MONAI Label server serving both segmentation bundles; stopped (process group) afterwards."""
+    work = tmp_path_factory.mktemp("monailabel")
+    studies = _studies(work / "studies")
+    models = {name: _build_model(name, studies[name][0], work / "models" / name / "model.pt") for name in BUNDLES}
+    encoders = _encoders(work / "encoders", BUNDLES)
+
+    app = work / "app"
+    changes = setup_app.setup_app(app, list(BUNDLES), monailabel_python, models=models, encoders=encoders)
+    assert set(changes) == set(BUNDLES)
+    for name, pretrain in ((V2D, "frepa_pretrain_2d"), (S3D, "frepa_pretrain_3d")):
+        placed = app / "model" / pretrain / "models" / "encoder.pt"  # where train.json's default looks
+        assert placed.read_bytes() == encoders[name].read_bytes()
+        assert f"encoder placed at {placed}" in changes[name]
+    reference = _reference_labels(monailabel_python, work / "reference", models, studies)
+    with _serve(monailabel_python, app, work / "studies", list(BUNDLES), work) as running:
+        yield {**running, "studies": studies, "reference": reference}
 
 
 def _channel_labels(name: str) -> dict[str, int]:
@@ -300,3 +362,150 @@ def test_monailabel_serves_bundle(server, name):
             own = nib.load(reference / f"{image_id}_seg.nii.gz")
             np.testing.assert_array_equal(data, np.asarray(own.dataobj))
             np.testing.assert_allclose(own.affine, src.affine, atol=1e-4)
+
+
+# --- the annotation loop: infer, label, train, label, train again, infer with the new weights ------------------------
+
+LOOP_TRAIN = {"max_epochs": 1, "val_split": -1, "device": "cpu", "multi_gpu": False, "pretrained": True}
+"""``POST /train`` parameters: one epoch on every labelled image, validated on the bundle's own validation split
+(``val_split`` -1: MONAI Label leaves ``validate#dataset#data`` as it is), starting from ``models/model.pt``
+(``pretrained``: MONAI Label's ``CheckpointLoader``), MLflow through MONAI's ``tracking`` (MONAI Label's option)."""
+BATCH_SIZE = 2  # train.json's cpu_settings#batch_size: one item per image (its crops are one batch)
+
+
+@pytest.fixture(scope="module")
+def loop_server(monailabel_python, tmp_path_factory):
+    """A MONAI Label server of the 2D vessel bundle (own app: the tests above keep their model.pt) with two CHASE_DB1
+    photographs as studies and no labels yet."""
+    work = tmp_path_factory.mktemp("monailabel_loop")
+    studies = _studies(work / "studies", fundus_count=2, brain=False)
+    model = _build_model(V2D, studies[V2D][0], work / "models" / V2D / "model.pt")
+    app = work / "app"
+    setup_app.setup_app(
+        app, [V2D], monailabel_python, models={V2D: model}, encoders=_encoders(work / "encoders", [V2D])
+    )
+    with _serve(monailabel_python, app, work / "studies", [V2D], work) as running:
+        yield {**running, "work": work, "bundle": app / "model" / V2D, "studies": studies[V2D], "model": model}
+
+
+def _infer(base: str, image_id: str) -> tuple[np.ndarray, float]:
+    """The served vessel label map of ``image_id`` (0/1) and how long ``/infer`` took."""
+    t0 = time.monotonic()
+    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
+    body, content_type = _post(f"{base}/infer/{V2D}?{query}", timeout=INFER_TIMEOUT_S)
+    assert content_type == "image/png"
+    return np.asarray(Image.open(io.BytesIO(body))), time.monotonic() - t0
+
+
+def _train(base: str, log: Path) -> float:
+    """``POST /train/<vessel bundle>?run_sync=true`` with :data:`LOOP_TRAIN`; how long it took."""
+    t0 = time.monotonic()
+    params = {**LOOP_TRAIN, "tracking": "mlflow"}
+    try:
+        body, _ = _post(f"{base}/train/{V2D}?run_sync=true", timeout=TRAIN_TIMEOUT_S, params=params)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nserver log:\n{_log_tail(log, 8000)}") from None
+    assert json.loads(body) == {}, body  # BundleTrainTask returns {} once monai.bundle.run has finished
+    return time.monotonic() - t0
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _split(weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(encoder tensors, the rest: the segmentation head's)."""
+    encoder = {k: v for k, v in weights.items() if k.startswith("encoder.")}
+    return encoder, {k: v for k, v in weights.items() if k not in encoder}
+
+
+def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    assert set(a) == set(b)
+    return sorted(k for k in a if not torch.equal(a[k], b[k]))
+
+
+def _epoch_checkpoint(models: Path) -> tuple[Path, dict]:
+    """The one ``checkpoint_epoch=<n>.pt`` in ``models`` (the bundle keeps ``n_saved=1``) and its trainer state."""
+    found = sorted(models.glob("checkpoint_epoch=*.pt"))
+    assert len(found) == 1, f"expected one epoch checkpoint in {models}: {[p.name for p in found]}"
+    return found[0], torch.load(found[0], map_location="cpu", weights_only=True)
+
+
+def _mlflow_runs(db: Path, experiment: str) -> dict[str, dict[str, int]]:
+    """Per MLflow run of ``experiment`` in the SQLite store ``db``: how many values each metric logged."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        runs = con.execute(
+            "SELECT r.run_uuid FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id WHERE e.name = ?",
+            (experiment,),
+        ).fetchall()
+        return {
+            run: dict(con.execute("SELECT key, COUNT(*) FROM metrics WHERE run_uuid = ? GROUP BY key", (run,)))
+            for (run,) in runs
+        }
+
+
+def test_annotation_loop(loop_server, monailabel_python):
+    """Label, train, label, train again, infer: MONAI Label's annotation loop on the 2D vessel bundle."""
+    base, log, bundle = loop_server["base"], loop_server["log"], loop_server["bundle"]
+    models = bundle / "models"
+    assert V2D in loop_server["info"]["trainers"]
+    studies = loop_server["studies"]
+    ids = [s.name.split(".")[0] for s in studies]
+    masks = {Path(i["image"]).name.split(".")[0]: i["label"] for i in vessel_segmentation_datalist()["test"]}
+    timings = {"server start (until /info/ answers)": loop_server["start_s"]}
+
+    before, timings["/infer, initial model.pt"] = _infer(base, ids[0])
+    assert before.shape == (960, 999) and set(np.unique(before)) == {0, 1}
+    initial = _weights(models / "model.pt")
+
+    runs = []
+    for n, image_id in enumerate(ids, start=1):
+        # an annotator's label (CHASE_DB1's first observer), submitted through the datastore API
+        label = (np.asarray(Image.open(masks[image_id])) > 0).astype(np.uint8)
+        assert _put_label(base, image_id, label, loop_server["work"]) == {"image": image_id, "label": image_id}
+        query = urllib.parse.urlencode({"label": image_id, "tag": "final"})
+        stored = np.asarray(Image.open(io.BytesIO(_get(f"{base}/datastore/label?{query}"))))
+        np.testing.assert_array_equal(stored, label)
+        assert int(stored.sum()) > 10_000, "a vessel label map of a fundus photograph"
+        training = json.loads(_get(f"{base}/datastore/?output=train"))  # the datalist /train takes
+        assert sorted(Path(d["label"]).name for d in training) == [f"{i}.png" for i in ids[:n]]
+
+        previous = _weights(models / "model.pt")
+        timings[f"/train {n} ({n} label{'s' * (n > 1)}, 1 epoch)"] = _train(base, log)
+        ckpt, state = _epoch_checkpoint(models)
+        trainer = state["trainer"]
+        # a new run of exactly one epoch on the labelled images: a finished run resumed would run none
+        assert ckpt.name == "checkpoint_epoch=1.pt" and trainer["max_epochs"] == 1
+        assert trainer["iteration"] == trainer["epoch_length"] == -(-n // BATCH_SIZE)
+        if runs:
+            assert _changed(runs[-1]["network"], {k: v for k, v in state["network"].items() if k in initial})
+        runs.append({"network": {k: v for k, v in state["network"].items() if k in initial}})
+        # model.pt (the validated epoch's network) is new; the encoder stays frozen at the weights MONAI Label's
+        # CheckpointLoader loaded from the previous model.pt ("pretrained"), the head was trained
+        trained = _weights(models / "model.pt")
+        encoder_before, head_before = _split(previous)
+        encoder_after, head_after = _split(trained)
+        assert _changed(encoder_before, encoder_after) == [] and _changed(_split(initial)[0], encoder_after) == []
+        assert _changed(head_before, head_after), f"/train {n} left the head of model.pt unchanged"
+
+    after, timings["/infer, trained model.pt"] = _infer(base, ids[0])
+    second, timings["/infer, trained model.pt, 2nd image"] = _infer(base, ids[1])
+    changed = int((after != before).sum())
+    assert changed > 0, "/infer still answers with the initial model.pt's prediction"
+    reference = _reference_labels(
+        monailabel_python, loop_server["work"] / "reference", {V2D: models / "model.pt"}, {V2D: studies}
+    )
+    for image_id, served in zip(ids, (after, second)):
+        own = np.asarray(Image.open(reference / V2D / "eval" / "inference" / f"{image_id}_seg.png"))
+        np.testing.assert_array_equal(served.astype(np.int64) * 255, own)  # the bundle writes vessel as 255
+
+    # MLflow through MONAI Label's tracking=mlflow: one run per /train, each engine logging once
+    per_run = _mlflow_runs(bundle / "eval" / "mlruns.db", V2D)
+    assert len(per_run) == len(ids), per_run
+    for counts in per_run.values():
+        assert counts.get("train_loss") == 1 and counts.get("val_mean_dice") == 1, counts
+
+    print(f"pixels changed by training on {ids[0]}: {changed} of {after.size}")
+    for step, seconds in timings.items():
+        print(f"{step}: {seconds:.1f} s")
