@@ -366,10 +366,11 @@ def test_monailabel_serves_bundle(server, name):
 
 # --- the annotation loop: infer, label, train, label, train again, infer with the new weights ------------------------
 
-LOOP_TRAIN = {"max_epochs": 1, "val_split": -1, "device": "cpu", "multi_gpu": False, "pretrained": True}
-"""``POST /train`` parameters: one epoch on every labelled image, validated on the bundle's own validation split
-(``val_split`` -1: MONAI Label leaves ``validate#dataset#data`` as it is), starting from ``models/model.pt``
-(``pretrained``: MONAI Label's ``CheckpointLoader``), MLflow through MONAI's ``tracking`` (MONAI Label's option)."""
+LOOP_TRAIN = {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "pretrained": True, "tracking": "mlflow"}
+"""``POST /train`` parameters: one epoch on every labelled image, starting from ``models/model.pt`` (``pretrained``:
+MONAI Label's ``CheckpointLoader``), MLflow through MONAI's ``tracking`` (MONAI Label's option). ``val_split`` is
+MONAI Label's default, 0.2: with one or two labels that leaves no validation image, and the app's
+``FrepaBundleTrainTask`` validates on the training images instead."""
 BATCH_SIZE = 2  # train.json's cpu_settings#batch_size: one item per image (its crops are one batch)
 
 
@@ -400,9 +401,8 @@ def _infer(base: str, image_id: str) -> tuple[np.ndarray, float]:
 def _train(base: str, log: Path) -> float:
     """``POST /train/<vessel bundle>?run_sync=true`` with :data:`LOOP_TRAIN`; how long it took."""
     t0 = time.monotonic()
-    params = {**LOOP_TRAIN, "tracking": "mlflow"}
     try:
-        body, _ = _post(f"{base}/train/{V2D}?run_sync=true", timeout=TRAIN_TIMEOUT_S, params=params)
+        body, _ = _post(f"{base}/train/{V2D}?run_sync=true", timeout=TRAIN_TIMEOUT_S, params=LOOP_TRAIN)
     except AssertionError as e:
         raise AssertionError(f"{e}\nserver log:\n{_log_tail(log, 8000)}") from None
     assert json.loads(body) == {}, body  # BundleTrainTask returns {} once monai.bundle.run has finished
