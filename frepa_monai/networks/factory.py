@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch.nn as nn
 from monai.networks.nets import MedNeXt, SwinUNETR
 
-from frepa_monai.networks.build_record import record_build
+from frepa_monai.networks.autoencoder import build_autoencoder
+from frepa_monai.networks.build_record import read_build_config, record_build
 from frepa_monai.networks.checkpoint import load_encoder_weights
 from frepa_monai.networks.encoders import PRESET_DOC_KEYS, PatchifyEncoder, build_encoder, encoder_preset
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet
@@ -29,6 +30,7 @@ __all__ = [
     "build_task_network",
     "build_slice_transformer",
     "build_pretrained_whole_network",
+    "network_from_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -300,3 +302,37 @@ def build_whole_network(name: str, spatial_dims: int, in_channels: int, out_chan
         f"preset '{name}' is not the encoder of a whole MONAI network; use 'swin_36' / 'mednext_24' "
         "(or a Swin preset with use_last_merging=True / a MedNeXt preset)."
     )
+
+
+def network_from_checkpoint(builder: str, checkpoint: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """``builder(**kwargs)`` with the arguments recorded in ``checkpoint`` in place of ``kwargs``: the network
+    that ``checkpoint`` (a ``model.pt`` or epoch checkpoint) was trained with, or the configured one when the file
+    does not exist yet (see :mod:`frepa_monai.networks.build_record`).
+
+    Args:
+        builder: ``"build_task_network"``, ``"build_slice_transformer"`` or ``"build_autoencoder"``.
+        checkpoint: the weights the network will be given, or ``None``.
+        kwargs: the builder's arguments, as a bundle config gives them (``encoder_checkpoint`` is kept: the
+            recorded arguments leave it out).
+
+    Raises:
+        ValueError: naming the file, when it records a network of another builder (another bundle's weights).
+    """
+    builders = {f.__name__: f for f in (build_task_network, build_slice_transformer, build_autoencoder)}
+    if builder not in builders:
+        raise ValueError(f"builder must be one of {sorted(builders)}, got {builder!r}.")
+    config = read_build_config(checkpoint) if checkpoint is not None and os.path.isfile(checkpoint) else None
+    if not config:
+        if checkpoint is not None and os.path.isfile(checkpoint):
+            logger.warning(f"{checkpoint} records no network: building the configured one")
+        return builders[builder](**kwargs)
+    if config.get("builder") != builder:
+        raise ValueError(
+            f"{checkpoint} holds a network of {config.get('builder')}, but this config builds {builder}: "
+            "the weights come from another bundle"
+        )
+    recorded = config.get("args", {})
+    changed = sorted(k for k in recorded if k in kwargs and kwargs[k] != recorded[k])
+    if changed:
+        logger.warning(f"{checkpoint}: building the network it was trained with ({', '.join(changed)} from the file)")
+    return builders[builder](**{**kwargs, **recorded, "preset": config.get("preset")})
