@@ -47,17 +47,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import encoder_checkpoint
+from bundle_helpers import encoder_checkpoint, read_predictions_csv
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from frepa_monai.data import brain_region_segmentation_datalist, vessel_segmentation_datalist
+from frepa_monai.data import (
+    brain_region_segmentation_datalist,
+    tumour_classification_datalist,
+    vessel_segmentation_datalist,
+)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 V2D, S3D = "frepa_vessel_segmentation_2d", "frepa_segmentation_3d"
 BUNDLES = (V2D, S3D)
+C2D, C3D = "frepa_classification_2d", "frepa_classification_3d"
+CLASSIFIERS = (C2D, C3D)
 START_TIMEOUT_S = 240
 INFER_TIMEOUT_S = 300
 TRAIN_TIMEOUT_S = 600
@@ -123,14 +129,19 @@ def monailabel_python() -> str:
 
 
 def _studies(folder: Path, fundus_count: int = 2, brain: bool = True) -> dict[str, list[Path]]:
-    """Real CHASE_DB1 fundus photographs (JPEG, test split) and the MNI152 T1 volume (NIfTI), per bundle."""
+    """Real CHASE_DB1 fundus photographs (JPEG, test split), and with ``brain`` the MNI152 T1 volume (NIfTI) and, for
+    the classification bundles, a tumour and a tumour-free case of their test split (2D MR slices, 3D MR crops)."""
     folder.mkdir(parents=True)
-    fundus = [Path(item["image"]) for item in vessel_segmentation_datalist()["test"][:fundus_count]]
-    brains = [Path(brain_region_segmentation_datalist()["test"][0]["image"])] if brain else []
-    for f in fundus + brains:
-        shutil.copy2(f, folder / f.name)
-    out = {V2D: [folder / f.name for f in fundus]}
-    return {**out, S3D: [folder / f.name for f in brains]} if brain else out
+    out = {V2D: [Path(item["image"]) for item in vessel_segmentation_datalist()["test"][:fundus_count]]}
+    if brain:
+        out[S3D] = [Path(brain_region_segmentation_datalist()["test"][0]["image"])]
+        for name, dims in ((C2D, 2), (C3D, 3)):
+            test = tumour_classification_datalist(spatial_dims=dims)["test"]
+            out[name] = [Path(next(i["image"] for i in test if i["label"] == c)) for c in (1, 0)]
+    for files in out.values():
+        for f in files:
+            shutil.copy2(f, folder / f.name)
+    return {name: [folder / f.name for f in files] for name, files in out.items()}
 
 
 def _build_model(bundle: str, image: Path, out: Path) -> Path:
@@ -156,6 +167,19 @@ def _build_model(bundle: str, image: Path, out: Path) -> Path:
         final.bias.sub_(logits.mean(dim=[0, *range(2, logits.ndim)]))
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), out)
+    return out
+
+
+def _build_classifier(bundle: str, out: Path) -> Path:
+    """model.pt of ``bundle``'s inference network at the CPU preset, seeded random weights (the class scores of a
+    random network already differ from image to image)."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(out.parent.parent)
+    parser["preset"] = "cpu"
+    torch.manual_seed(1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), out)
     return out
 
 
@@ -294,21 +318,26 @@ def _serve(python: str, app: Path, studies: Path, names: list[str], work: Path):
 
 @pytest.fixture(scope="module")
 def server(monailabel_python, tmp_path_factory):
-    """A running MONAI Label server serving both segmentation bundles; stopped (process group) afterwards."""
+    """A running MONAI Label server serving the segmentation and classification bundles; stopped (process group)
+    afterwards."""
     work = tmp_path_factory.mktemp("monailabel")
     studies = _studies(work / "studies")
     models = {name: _build_model(name, studies[name][0], work / "models" / name / "model.pt") for name in BUNDLES}
+    models.update({name: _build_classifier(name, work / "models" / name / "model.pt") for name in CLASSIFIERS})
     encoders = _encoders(work / "encoders", BUNDLES)
 
     app = work / "app"
-    changes = setup_app.setup_app(app, list(BUNDLES), monailabel_python, models=models, encoders=encoders)
-    assert set(changes) == set(BUNDLES)
+    served = [*BUNDLES, *CLASSIFIERS]
+    changes = setup_app.setup_app(app, served, monailabel_python, models=models, encoders=encoders)
+    assert set(changes) == set(served)
     for name, pretrain in ((V2D, "frepa_pretrain_2d"), (S3D, "frepa_pretrain_3d")):
         placed = app / "model" / pretrain / "models" / "encoder.pt"  # where train.json's default looks
         assert placed.read_bytes() == encoders[name].read_bytes()
         assert f"encoder placed at {placed}" in changes[name]
+    for name in CLASSIFIERS:  # served for inference only: no train config, so MONAI Label lists no trainer
+        assert not list((app / "model" / name / "configs").glob("*train.json"))
     reference = _reference_labels(monailabel_python, work / "reference", models, studies)
-    with _serve(monailabel_python, app, work / "studies", list(BUNDLES), work) as running:
+    with _serve(monailabel_python, app, work / "studies", served, work) as running:
         yield {**running, "studies": studies, "reference": reference}
 
 
@@ -523,3 +552,32 @@ def test_annotation_loop(loop_server, monailabel_python):
     )
     for step, seconds in timings.items():
         print(f"{step}: {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_monailabel_serves_classifier(server, name):
+    """A classification bundle answers ``/infer`` with its class scores (MONAI Label's ``ClassificationWriter``), equal
+    to the bundle's own ``predictions.csv``; it is offered for inference only (no trainer)."""
+    model = server["info"]["models"].get(name)
+    assert model is not None, f"{name} not in /info/ models: {list(server['info']['models'])}"
+    assert model["type"] == "classification" and model["dimension"] == (2 if name == C2D else 3)
+    assert model["labels"] == _channel_labels(name) == {"no tumour": 0, "tumour": 1}
+    assert name not in server["info"]["trainers"]
+
+    own = read_predictions_csv(server["reference"] / name / "eval" / "inference" / "predictions.csv")
+    own = {Path(f).name: scores for f, scores in own.items()}
+    served = {}
+    for study in server["studies"][name]:
+        image_id = study.name.split(".")[0]
+        t0 = time.monotonic()
+        query = urllib.parse.urlencode({"image": image_id, "output": "json"})
+        body, content_type = _post(f"{server['base']}/infer/{name}?{query}", timeout=INFER_TIMEOUT_S)
+        print(f"/infer/{name}?image={image_id}: {time.monotonic() - t0:.1f} s")
+        assert content_type == "application/json"
+        prediction = json.loads(body)["prediction"]
+        assert [(p["idx"], p["label"]) for p in prediction] == [(0, "no tumour"), (1, "tumour")]
+        served[study.name] = [p["score"] for p in prediction]
+        assert sum(served[study.name]) == pytest.approx(1.0, abs=1e-5)  # softmax probabilities
+        np.testing.assert_allclose(served[study.name], own[study.name], rtol=0, atol=1e-5)
+    first, second = served.values()
+    assert abs(first[1] - second[1]) > 1e-4, "the two cases should get different scores"

@@ -147,6 +147,28 @@ def bundle_dims(bundle: Path) -> int:
     return len(image.get("spatial_shape") or [0, 0, 0])
 
 
+def monailabel_task(bundle: Path) -> str:
+    """``segmentation`` or ``classification``: the task MONAI Label 0.8.5 gives ``bundle``, from its folder name.
+
+    ``monailabel.tasks.infer.bundle.BundleInferTask._get_type`` picks the infer type from the name (``detection``,
+    ``segmentation``, ``classification``; anything else is segmentation). Raises a ``ValueError`` for the detection
+    bundles and the others, which its bundle app cannot serve (tools/monailabel/README.md says why)."""
+    name = Path(bundle).name.lower()
+    if "detection" in name:
+        raise ValueError(
+            f"{Path(bundle).name}: MONAI Label 0.8.5 serves a bundle named '*detection*' through a 'detector' of "
+            "inference.json (BasicInferTask.run_detector, RetinaNet-style) and trains it on 3D Slicer markup boxes "
+            "(BundleTrainTask._fetch_datalist); the Frepa detection bundles have neither (tools/monailabel/README.md)"
+        )
+    for task in ("segmentation", "classification"):
+        if task in name:
+            return task
+    raise ValueError(
+        f"{Path(bundle).name}: MONAI Label takes the task from the folder name; only segmentation and "
+        "classification bundles are served"
+    )
+
+
 def check_bundle(bundle: Path) -> dict:
     """Raise a ``ValueError`` naming the file when ``bundle`` cannot be served; return its output ``channel_def``."""
     infer = bundle / "configs" / "inference.json"
@@ -163,8 +185,7 @@ def check_bundle(bundle: Path) -> dict:
     channel_def = next(iter(outputs.values()), {}).get("channel_def") if outputs else None
     if not channel_def:
         raise ValueError(f"{meta_file}: network_data_format.outputs has no channel_def (MONAI Label's labels)")
-    if "segmentation" not in bundle.name:
-        raise ValueError(f"{bundle.name}: MONAI Label takes the task from the folder name; only segmentation here")
+    monailabel_task(bundle)
     return channel_def
 
 
@@ -189,12 +210,25 @@ def adapt_for_monailabel(bundle: Path) -> list[str]:
       every ``image_*`` item of a NIfTI input as a metadata dict, and MONAI Label puts the string ``image_path``
       there ("'str' object has no attribute 'update'"); the writer then takes the extension set above.
 
+    A classification bundle gets only a final ``DeleteItemsd(keys=["image", "image_meta_dict"])`` in
+    ``postprocessing``: MONAI Label appends its ``Restored`` to every non-detection bundle's postprocessing, which
+    resizes ``pred`` to the image's ``spatial_shape`` (monailabel/transform/post.py; for a vector of class scores:
+    "operands could not be broadcast together"); without the image it leaves ``pred`` as it is, and MONAI Label's
+    ``ClassificationWriter`` answers the scores as JSON.
+
     Returns the changes made (none when the bundle already has them).
     """
     infer = bundle / "configs" / "inference.json"
     config = json.loads(infer.read_text())
     changes = []
     pre, post = _transforms(config, "preprocessing"), _transforms(config, "postprocessing")
+    if monailabel_task(bundle) == "classification":
+        drop = {"_target_": "DeleteItemsd", "keys": ["image", "image_meta_dict"]}
+        if not (post and post[-1] == drop):
+            post.append(drop)
+            infer.write_text(json.dumps(config, indent=4) + "\n")
+            changes.append("postprocessing ends with DeleteItemsd(keys=['image', 'image_meta_dict'])")
+        return changes
     save = next((t for t in post if _target(t) == "SaveImaged"), {})
     dtype = str(save.get("output_dtype", "")).rsplit(".", 1)[-1] or "uint8"
     defaults = {"result_extension": save.get("output_ext", ".nii.gz"), "result_dtype": dtype}
@@ -253,7 +287,7 @@ def required_encoder(source: Path, encoder: Path | None = None) -> tuple[str, Pa
 
     Raises ``FileNotFoundError`` naming the encoder file when it is missing or empty."""
     source = Path(source).resolve()
-    needed = encoder_source(source)
+    needed = encoder_source(source) if monailabel_task(source) == "segmentation" else None
     if needed is None:
         return None
     pretrain, default = needed
@@ -314,7 +348,9 @@ def place_bundle(app: Path, source: Path, model: Path | None = None) -> tuple[Pa
     target = app / "model" / source.name
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(source / "configs", target / "configs")
+    trainable = monailabel_task(source) == "segmentation"
+    left_out = [] if trainable else [c.name for c in (source / "configs").glob("*train.json")]
+    shutil.copytree(source / "configs", target / "configs", ignore=lambda folder, names: set(left_out) & set(names))
     for extra in ("docs", "LICENSE"):
         if (source / extra).is_dir():
             shutil.copytree(source / extra, target / extra)
@@ -322,7 +358,12 @@ def place_bundle(app: Path, source: Path, model: Path | None = None) -> tuple[Pa
             shutil.copy2(source / extra, target / extra)
     (target / "models").mkdir()
     shutil.copy2(model, target / "models" / "model.pt")
-    return target, adapt_for_monailabel(target)
+    changes = adapt_for_monailabel(target)
+    if left_out:  # no train config: MONAI Label lists no trainer for the bundle
+        changes.append(
+            f"{', '.join(sorted(left_out))} left out: MONAI Label 0.8.5 cannot train a classification bundle"
+        )
+    return target, changes
 
 
 def server_command(
