@@ -1,32 +1,22 @@
-"""The segmentation bundles served by a real MONAI Label server (its ``monaibundle`` sample app) on 127.0.0.1.
+"""Frepa bundles served by a real MONAI Label server (its ``monaibundle`` sample app) on 127.0.0.1.
 
-MONAI Label lives in a venv of its own (its pins differ from the project's, see tools/monailabel/README.md). Which
-Python runs the server:
+MONAI Label lives in a venv of its own (see tools/monailabel/README.md): ``FREPA_MONAILABEL_PYTHON=<python>`` names
+one with this checkout installed (``none`` skips these tests), else ``tools/monailabel/.venv`` is created on first
+use with ``setup_app.py --create-venv`` (pinned versions, about 2.5 minutes and 8 GB; reused afterwards).
 
-- ``FREPA_MONAILABEL_PYTHON=<python>``: an existing MONAI Label venv with this checkout installed (``pip install
-  -e .``); ``FREPA_MONAILABEL_PYTHON=none`` skips these tests.
-- otherwise ``tools/monailabel/.venv`` (git-ignored), created on first use with ``tools/monailabel/setup_app.py
-  --create-venv`` (pinned versions, about 2.5 minutes and 8 GB with torch's CUDA libraries; reused afterwards).
-
-For each bundle a model.pt is built from the bundle's own ``inference.json`` at the CPU preset (seeded weights;
-an untrained network predicts one class everywhere, so the final convolution's bias is centred on the first study
-image so that several classes occur), and a real ``vit_tiny`` encoder.pt at the CPU preset's size is placed where
-``train.json`` looks for it. One server gets a studies folder with two CHASE_DB1 fundus photographs (JPEG) and the
-MNI152 T1 volume (NIfTI); ``/info/`` must list both models with the labels of their metadata's ``channel_def``,
-and ``/infer/<model>`` must return, for every study, a label image of the input's size (and, for NIfTI, affine)
-equal to what the bundle's own ``inference.json`` writes for the same model.pt.
-
-A second server runs the annotation loop on the 2D vessel bundle (its own app and studies, so the tests above see
-the model.pt they were built with): ``/infer``, labels submitted through ``PUT /datastore/label``, ``/train``
-(``run_sync``, one epoch at the CPU preset), another label and a second ``/train`` (a new run, not the finished
-one resumed), then ``/infer`` again with the new weights, equal to the bundle's own inference with the new model.pt.
+model.pt files come from the bundles' own ``inference.json`` at the CPU preset (seeded; a segmentation head's final
+bias is centred on the first study so that several classes occur), encoder.pt files are real ``vit_tiny`` encoders
+at the CPU preset's size. One server serves the segmentation and classification bundles: ``/info/`` (models, labels
+of ``channel_def``, trainers) and ``/infer/<model>`` on CHASE_DB1 photographs, the MNI152 T1 volume and tumour
+cases, equal to the bundles' own ``inference.json`` outputs. A second server runs the annotation loop on the 2D
+vessel bundle: ``/infer``, a label through ``PUT /datastore/label``, ``/train`` (``run_sync``, one epoch), another
+label and ``/train`` (a new run, not the finished one resumed), ``/infer`` with the new weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import io
 import json
@@ -57,8 +47,6 @@ from frepa_monai.data import (
     vessel_segmentation_datalist,
 )
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 V2D, S3D = "frepa_vessel_segmentation_2d", "frepa_segmentation_3d"
 BUNDLES = (V2D, S3D)
@@ -67,9 +55,7 @@ CLASSIFIERS = (C2D, C3D)
 START_TIMEOUT_S = 240
 INFER_TIMEOUT_S = 300
 TRAIN_TIMEOUT_S = 600
-ENCODER = {V2D: ("vit_tiny", 2, 4, [128, 128]), S3D: ("vit_tiny", 3, 2, [48, 48, 48])}
-"""The CPU preset's encoder of each bundle (train.json's cpu_settings: encoder_name, image / patch size; the image
-channels plus the Hessian channel)."""
+ENCODER = {V2D: ("vit_tiny", 2, 4, [128, 128]), S3D: ("vit_tiny", 3, 2, [48, 48, 48])}  # train.json's CPU preset
 
 
 def _setup_app_module():
@@ -84,12 +70,8 @@ setup_app = _setup_app_module()
 
 def _origins(python: str) -> tuple[str | None, str | None]:
     """Where ``monailabel`` and ``frepa_monai`` would be imported from by ``python`` (None: not installed)."""
-    code = (
-        "import importlib.util as u\n"
-        "for m in ('monailabel', 'frepa_monai'):\n"
-        "    s = u.find_spec(m)\n"
-        "    print(s.origin if s else '')\n"
-    )
+    modules = "('monailabel', 'frepa_monai')"
+    code = f"import importlib.util as u\nfor m in {modules}: print(getattr(u.find_spec(m), 'origin', ''))"
     res = subprocess.run([python, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
         pytest.fail(f"{python} does not run: {res.stderr[-2000:]}")
@@ -213,26 +195,15 @@ def _post(url: str, timeout: float, params: dict | None = None) -> tuple[bytes, 
     return _request(urllib.request.Request(url, data=data, headers=headers, method="POST"), timeout)
 
 
-def _put_label(base: str, image_id: str, label: np.ndarray, folder: Path) -> dict:
-    """``PUT /datastore/label`` of ``label`` (class indices) as a PNG file for ``image_id`` (multipart form)."""
-    png = folder / f"{image_id}.png"
-    Image.fromarray(label.astype(np.uint8)).save(png)
-    boundary = "frepa-" + hashlib.sha256(png.read_bytes()).hexdigest()[:24]
-    body = b"".join(
-        [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'.encode(),
-            f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="{png.name}"\r\n'.encode(),
-            b"Content-Type: image/png\r\n\r\n" + png.read_bytes() + b"\r\n",
-            f"--{boundary}--\r\n".encode(),
-        ]
-    )
+def _put_label(base: str, image_id: str, label: np.ndarray) -> dict:
+    """``PUT /datastore/label`` of ``label`` (class indices) as a PNG file for ``image_id`` (a multipart form)."""
+    png, boundary = io.BytesIO(), "frepa-monailabel-test-boundary"
+    Image.fromarray(label.astype(np.uint8)).save(png, format="PNG")
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="{image_id}.png"\r\n'
+    body = f"{head}Content-Type: image/png\r\n\r\n".encode() + png.getvalue() + f"\r\n--{boundary}--\r\n".encode()
     query = urllib.parse.urlencode({"image": image_id, "tag": "final"})
-    req = urllib.request.Request(
-        f"{base}/datastore/label?{query}",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        method="PUT",
-    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    req = urllib.request.Request(f"{base}/datastore/label?{query}", data=body, headers=headers, method="PUT")
     return json.loads(_request(req, timeout=60)[0])
 
 
@@ -347,6 +318,7 @@ def _channel_labels(name: str) -> dict[str, int]:
     return {v.lower(): int(k) for k, v in channel_def.items() if v.lower() != "background"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLES)
 def test_monailabel_serves_bundle(server, name):
     model = server["info"]["models"].get(name)
@@ -447,15 +419,13 @@ def _train(base: str, log: Path) -> float:
     return time.monotonic() - t0
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _split(weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """(encoder tensors, the rest: the segmentation head's)."""
-    encoder = {k: v for k, v in weights.items() if k.startswith("encoder.")}
-    return encoder, {k: v for k, v in weights.items() if k not in encoder}
+def _parts(state: Path | dict) -> tuple[dict, dict]:
+    """The tensors of a state dict (or model.pt): (the encoder's, the rest: the segmentation head's)."""
+    state = torch.load(state, map_location="cpu", weights_only=True) if isinstance(state, Path) else state
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in tensors.items() if k.startswith("encoder.")}, {
+        k: v for k, v in tensors.items() if not k.startswith("encoder.")
+    }
 
 
 def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
@@ -483,6 +453,7 @@ def _mlflow_runs(db: Path, experiment: str) -> dict[str, dict[str, int]]:
         }
 
 
+@pytest.mark.slow
 def test_annotation_loop(loop_server, monailabel_python):
     """Label, train, label, train again, infer: MONAI Label's annotation loop on the 2D vessel bundle."""
     base, log, bundle = loop_server["base"], loop_server["log"], loop_server["bundle"]
@@ -495,13 +466,12 @@ def test_annotation_loop(loop_server, monailabel_python):
 
     before, timings["/infer, initial model.pt"] = _infer(base, ids[0])
     assert before.shape == (960, 999) and set(np.unique(before)) == {0, 1}
-    initial = _weights(models / "model.pt")
-
-    runs = []
+    initial_encoder, _ = _parts(models / "model.pt")
+    last_run = None
     for n, image_id in enumerate(ids, start=1):
         # an annotator's label (CHASE_DB1's first observer), submitted through the datastore API
         label = (np.asarray(Image.open(masks[image_id])) > 0).astype(np.uint8)
-        assert _put_label(base, image_id, label, loop_server["work"]) == {"image": image_id, "label": image_id}
+        assert _put_label(base, image_id, label) == {"image": image_id, "label": image_id}
         query = urllib.parse.urlencode({"label": image_id, "tag": "final"})
         stored = np.asarray(Image.open(io.BytesIO(_get(f"{base}/datastore/label?{query}"))))
         np.testing.assert_array_equal(stored, label)
@@ -509,22 +479,19 @@ def test_annotation_loop(loop_server, monailabel_python):
         training = json.loads(_get(f"{base}/datastore/?output=train"))  # the datalist /train takes
         assert sorted(Path(d["label"]).name for d in training) == [f"{i}.png" for i in ids[:n]]
 
-        previous = _weights(models / "model.pt")
+        encoder_before, head_before = _parts(models / "model.pt")
         timings[f"/train {n} ({n} label{'s' * (n > 1)}, 1 epoch)"] = _train(base, log)
         ckpt, state = _epoch_checkpoint(models)
         trainer = state["trainer"]
         # a new run of exactly one epoch on the labelled images: a finished run resumed would run none
         assert ckpt.name == "checkpoint_epoch=1.pt" and trainer["max_epochs"] == 1
         assert trainer["iteration"] == trainer["epoch_length"] == -(-n // BATCH_SIZE)
-        if runs:
-            assert _changed(runs[-1]["network"], {k: v for k, v in state["network"].items() if k in initial})
-        runs.append({"network": {k: v for k, v in state["network"].items() if k in initial}})
+        assert last_run is None or _changed(last_run, _parts(state["network"])[1])
+        last_run = _parts(state["network"])[1]
         # model.pt (the validated epoch's network) is new; the encoder stays frozen at the weights MONAI Label's
         # CheckpointLoader loaded from the previous model.pt ("pretrained"), the head was trained
-        trained = _weights(models / "model.pt")
-        encoder_before, head_before = _split(previous)
-        encoder_after, head_after = _split(trained)
-        assert _changed(encoder_before, encoder_after) == [] and _changed(_split(initial)[0], encoder_after) == []
+        encoder_after, head_after = _parts(models / "model.pt")
+        assert _changed(encoder_before, encoder_after) == [] == _changed(initial_encoder, encoder_after)
         assert _changed(head_before, head_after), f"/train {n} left the head of model.pt unchanged"
 
     after, timings["/infer, trained model.pt"] = _infer(base, ids[0])
@@ -546,14 +513,11 @@ def test_annotation_loop(loop_server, monailabel_python):
     for counts in per_run.values():
         assert counts.get("train_loss") == 1 and counts.get("val_mean_dice") == 1, counts
 
-    print(
-        f"{ids[0]}: {changed} of {after.size} pixels changed by training; vessel fraction {before.mean():.3f} before, "
-        f"{after.mean():.3f} after"
-    )
-    for step, seconds in timings.items():
-        print(f"{step}: {seconds:.1f} s")
+    print(f"{ids[0]}: {changed} of {after.size} pixels changed; vessel {before.mean():.3f} before, {after.mean():.3f}")
+    print("\n".join(f"{step}: {seconds:.1f} s" for step, seconds in timings.items()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_monailabel_serves_classifier(server, name):
     """A classification bundle answers ``/infer`` with its class scores (MONAI Label's ``ClassificationWriter``), equal
@@ -581,3 +545,53 @@ def test_monailabel_serves_classifier(server, name):
         np.testing.assert_allclose(served[study.name], own[study.name], rtol=0, atol=1e-5)
     first, second = served.values()
     assert abs(first[1] - second[1]) > 1e-4, "the two cases should get different scores"
+
+
+# --- setup_app.py's checks (no MONAI Label needed: they run before the app folder is made) --------------------------
+
+
+def _bundle(root: Path, name: str, source: str = V2D) -> Path:
+    """A bundle folder ``root/<name>`` with ``source``'s configs and a model.pt (never loaded by these checks)."""
+    shutil.copytree(REPO / "bundles" / source / "configs", root / name / "configs")
+    (root / name / "models").mkdir()
+    (root / name / "models" / "model.pt").write_bytes(b"weights")
+    return root / name
+
+
+def test_setup_app_needs_the_encoder(tmp_path, capsys):
+    """A bundle trained through MONAI Label needs its pretraining bundle's encoder.pt: missing, the error names it."""
+    bundle = _bundle(tmp_path / "bundles", V2D)
+    app, expected = tmp_path / "app", tmp_path / "bundles" / "frepa_pretrain_2d" / "models" / "encoder.pt"
+    assert setup_app.encoder_source(bundle) == ("frepa_pretrain_2d", expected)
+    assert setup_app.main(["--app", str(app), "--bundle", str(bundle), "--python", sys.executable]) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.endswith(f"{expected} does not exist") and "--encoder frepa_vessel_segmentation_2d=" in message
+    assert not app.exists(), "nothing is written before every file is found"
+    given = tmp_path / "missing.pt"
+    with pytest.raises(FileNotFoundError, match=f"{given} does not exist$"):
+        setup_app.setup_app(app, [str(bundle)], sys.executable, encoders={V2D: given})
+    with pytest.raises(ValueError, match=r"--encoder names bundles that are not served: \['frepa_segmentation_3d'\]"):
+        setup_app.setup_app(app, [str(bundle)], sys.executable, encoders={S3D: given})
+    # classification bundles are served for inference only: they need no encoder
+    assert setup_app.required_encoder(_bundle(tmp_path / "bundles", C2D, C2D)) is None
+
+
+def test_setup_app_places_one_encoder_per_pretraining_bundle(tmp_path):
+    """Two bundles that train from frepa_pretrain_2d share <app>/model/frepa_pretrain_2d/models/encoder.pt; a
+    different encoder for the second is refused, naming both files."""
+    first, second = _bundle(tmp_path / "b", V2D), _bundle(tmp_path / "b", "frepa_vessel_segmentation_2d_copy")
+    one, two = encoder_checkpoint(tmp_path / "one.pt", *ENCODER[V2D]), tmp_path / "two.pt"
+    encoder_checkpoint(two, *ENCODER[V2D], seed=4)
+    target = tmp_path / "app" / "model" / "frepa_pretrain_2d" / "models" / "encoder.pt"
+    assert setup_app.place_encoder(tmp_path / "app", first, one) == target
+    assert target.read_bytes() == one.read_bytes()
+    assert setup_app.place_encoder(tmp_path / "app", second, one) == target  # the same file: shared
+    with pytest.raises(ValueError, match=f"needs the encoder {two} at {target}, but another bundle"):
+        setup_app.place_encoder(tmp_path / "app", second, two)
+
+
+@pytest.mark.parametrize("name", ["frepa_detection_2d", "frepa_detection_3d", "frepa_pretrain_2d"])
+def test_setup_app_refuses_what_monailabel_cannot_serve(tmp_path, name):
+    with pytest.raises(ValueError, match="'detector'" if "detection" in name else "only segmentation and classif"):
+        setup_app.setup_app(tmp_path / "app", [str(_bundle(tmp_path, name, name))], sys.executable)
+    assert not (tmp_path / "app").exists()
