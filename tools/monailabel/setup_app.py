@@ -1,4 +1,5 @@
-"""Serve Frepa segmentation bundles with MONAI Label's bundle app (``monaibundle``).
+"""Serve Frepa bundles with MONAI Label's bundle app (``monaibundle``): segmentation (infer and train) and
+classification (infer; MONAI Label 0.8.5 cannot train it); detection is refused (tools/monailabel/README.md).
 
 Creates a MONAI Label app folder from MONAI Label's own sample bundle app (``monailabel apps --download --name
 monaibundle``, copied from the installed package, no network), places local Frepa bundles at
@@ -16,12 +17,15 @@ folder holds just the encoder. ``--skip-trainers`` serves inference only and pla
 
 The app's trainers are ``FrepaBundleTrainTask`` (``frepa_bundle_train.py``, copied to ``lib/trainers``): MONAI
 Label's ``BundleTrainTask`` with a copy of ``train#handlers`` per ``/train``, else ``tracking=mlflow`` adds one more
-MLflow handler on every run of a server.
+MLflow handler on every run of a server, and with a validation split that is never empty (the bundles write
+``models/model.pt`` from their validation).
 
-MONAI Label 0.8.5 with MONAI 1.6 needs three things the bundles' own runs do not (see adapt_for_monailabel);
-the placed copy gets them when the bundle lacks them, and the script says so: ``displayable_configs``
-``result_extension`` / ``result_dtype`` from the bundle's ``SaveImaged`` (PNG / NIfTI, uint8), for 2D a final
-``SqueezeDimd(keys="pred", dim=0)``, and before a ``Spacingd`` a ``DeleteItemsd(keys="image_path")``.
+MONAI Label 0.8.5 with MONAI 1.6 needs three things the segmentation bundles' own runs do not (see
+adapt_for_monailabel); the placed copy gets them when the bundle lacks them, and the script says so:
+``displayable_configs`` ``result_extension`` / ``result_dtype`` from the bundle's ``SaveImaged`` (PNG / NIfTI,
+uint8), for 2D a final ``SqueezeDimd(keys="pred", dim=0)``, and before a ``Spacingd`` a
+``DeleteItemsd(keys="image_path")``. A classification bundle's copy ends its postprocessing by dropping the image
+(MONAI Label's ``Restored`` would resize the class scores to it) and has no train config (no trainer).
 
 Examples (from the repository root)::
 
