@@ -314,9 +314,9 @@ class FrepaCheckpointLoader:
 
 
 class LossTermAverages:
-    """Put the epoch mean of every loss term of a pretraining step (:func:`loss_terms`) into
-    ``engine.state.metrics`` as ``train_<term>``, where MONAI's stats, TensorBoard and MLflow handlers log the
-    metrics of each epoch. Attach it before them."""
+    """Put the epoch mean of every loss term of a pretraining step (:func:`loss_terms`; not the total, logged per
+    iteration as ``train_loss``) into ``engine.state.metrics`` as ``train_<term>``, where MONAI's stats,
+    TensorBoard and MLflow handlers log the metrics of each epoch. Attach it before them."""
 
     def __init__(self) -> None:
         self._sums: dict[str, float] = {}
@@ -332,7 +332,8 @@ class LossTermAverages:
 
     def _add(self, engine: Engine) -> None:
         for name, value in loss_terms(engine.state.output).items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value)
+            if name != "loss":  # the total: MLflow's train_loss, logged per iteration
+                self._sums[name] = self._sums.get(name, 0.0) + float(value)
         self._count += 1
 
     def __call__(self, engine: Engine) -> None:

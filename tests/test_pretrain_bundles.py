@@ -105,6 +105,11 @@ def test_train_evaluate_inference(tmp_path, name):
     encoder = torch.load(models / "encoder.pt", map_location="cpu", weights_only=True)
     assert encoder["network_config"]["name"] == "vit_tiny"
     assert encoder["network_config"]["in_channels"] == (2 if name.endswith("3d") else 4)
+    assert encoder["network_config"]["preset"] == "cpu" and encoder["best"]["metric"] == "val_rmse"
+    best = torch.load(models / "model.pt", map_location="cpu", weights_only=True)  # encoder.pt: the best epoch's
+    assert best["_extra_state"]["build_config"]["args"]["img_size"] == list(INFER_SMALL[name].values())[1]
+    for key, value in encoder["state_dict"].items():
+        assert torch.equal(best[f"encoder.{key}"], value), key
 
     # evaluate.json: the best model on the validation split reproduces the training's validation metrics
     ev = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])
@@ -177,6 +182,25 @@ def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
     best_a = torch.load(whole / "models" / "model.pt", map_location="cpu", weights_only=True)
     best_b = torch.load(parts / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert_same_weights(best_b, best_a)
+
+
+def test_a_finished_run_trains_anew_and_a_longer_one_resumes(tmp_path):
+    """The same command after a finished run (as MONAI Label's second ``/train`` on new labels) trains again from
+    epoch 0 instead of running zero epochs; a larger ``max_epochs`` continues the finished run."""
+    name = "frepa_pretrain_2d"
+    root = bundle_copy(tmp_path, name)
+
+    def epochs_run(**override) -> tuple[list[int], int]:
+        wf = workflow(root, ["train.json"], **{**SMALL[name], **override})
+        trainer, done = wf.parser.get_parsed_content("train#trainer"), []
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: done.append(engine.state.epoch))
+        wf.run()
+        wf.finalize()
+        return done, len(list((root / "models").glob("checkpoint_epoch=*.pt")))
+
+    assert epochs_run() == ([1, 2], 1)
+    assert epochs_run() == ([1, 2], 1)  # finished: a new run, whose checkpoints replace the finished one's
+    assert epochs_run(**{"cpu_settings#max_epochs": 3}) == ([3], 1)  # longer: resumes at epoch 3
 
 
 def test_training_on_a_folder_of_the_users_images(tmp_path):

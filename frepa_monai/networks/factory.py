@@ -19,7 +19,14 @@ from frepa_monai.networks.build_record import read_build_config, record_build
 from frepa_monai.networks.checkpoint import load_encoder_weights
 from frepa_monai.networks.encoders import PRESET_DOC_KEYS, PatchifyEncoder, build_encoder, encoder_preset
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet
-from frepa_monai.networks.heads import ClassificationHead, DetectionHead, FrepaTaskNet, SegmentationHead
+from frepa_monai.networks.heads import (
+    ClassificationHead,
+    DetectionHead,
+    FrepaTaskNet,
+    LinearClassificationHead,
+    LinearSegmentationHead,
+    SegmentationHead,
+)
 from frepa_monai.networks.slice_transformer import SliceTransformer
 
 __all__ = [
@@ -35,7 +42,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("segmentation", "classification", "detection")
+HEADS = ("segmentation", "classification", "detection", "linear")
+LINEAR_TASKS = ("segmentation", "classification")
 ENCODER_MODES = ("pretrained", "random", "none")
 """Values of the downstream bundles' ``encoder`` setting: ``pretrained`` loads ``encoder_checkpoint`` (a Frepa,
 MAE or MFM encoder from a pretraining bundle), ``random`` keeps the preset's random initialisation (the same
@@ -83,20 +91,38 @@ def build_head(
     stride: Sequence[int],
     spatial_dims: int,
     out_channels: int = 2,
+    task: str | None = None,
     **head_kwargs,
 ) -> nn.Module:
     """A task head on a feature map of ``in_channels`` channels and ``stride``.
 
     ``"segmentation"`` -> :class:`SegmentationHead` with ``out_channels`` classes, ``"classification"`` ->
     :class:`ClassificationHead` with ``out_channels`` classes, ``"detection"`` -> :class:`DetectionHead`
-    (``out_channels`` ignored: the head outputs ``2 * spatial_dims + 1`` numbers).
+    (``out_channels`` ignored: the head outputs ``2 * spatial_dims + 1`` numbers). ``"linear"`` is the linear
+    probe of ``task``: :class:`LinearSegmentationHead` for ``task="segmentation"``,
+    :class:`LinearClassificationHead` for ``task="classification"``; it is one linear map and takes no
+    ``head_kwargs``. ``task`` names the bundle's task; it is only needed for ``"linear"`` and must agree with a
+    named head.
     """
+    if task is not None and head not in ("linear", task):
+        raise ValueError(f"head '{head}' does not fit task '{task}': use head='{task}' or head='linear'.")
     if head == "segmentation":
         return SegmentationHead(in_channels, out_channels, stride, spatial_dims, **head_kwargs)
     if head == "classification":
         return ClassificationHead(in_channels, out_channels, spatial_dims, **head_kwargs)
     if head == "detection":
         return DetectionHead(in_channels, spatial_dims, **head_kwargs)
+    if head == "linear":
+        if task not in LINEAR_TASKS:
+            raise ValueError(f"head 'linear' needs task= one of {LINEAR_TASKS} (the bundle's task), got {task!r}.")
+        if head_kwargs:
+            raise ValueError(
+                f"head 'linear' is one linear map and takes no head_kwargs, got {sorted(head_kwargs)}: "
+                "drop head_kwargs for the linear probe."
+            )
+        if task == "segmentation":
+            return LinearSegmentationHead(in_channels, out_channels, stride, spatial_dims)
+        return LinearClassificationHead(in_channels, out_channels, spatial_dims)
     raise ValueError(f"unknown head '{head}', choose one of {HEADS}.")
 
 
