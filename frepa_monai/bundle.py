@@ -18,6 +18,7 @@ from frepa_monai.data.checks import INPUT_SUFFIXES, InputCheck
 
 __all__ = [
     "INPUT_SUFFIXES",
+    "recorded_preset",
     "use_gpu_preset",
     "preset_settings",
     "announce_preset",
@@ -35,20 +36,47 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def use_gpu_preset(preset: str) -> bool:
-    """``preset`` ``"gpu"``, or ``"auto"`` with CUDA available; ``"cpu"`` is the CPU preset. Anything else raises."""
+def recorded_preset(checkpoints: Sequence[str | None] = ()) -> tuple[str, str] | None:
+    """``(preset, file)``: the bundle preset recorded in the first of ``checkpoints`` that exists and records one
+    (``None`` entries and missing files are skipped), or ``None``. See :mod:`frepa_monai.networks.build_record`."""
+    from frepa_monai.networks.build_record import read_build_config
+
+    for path in checkpoints:
+        if path and os.path.isfile(path):
+            preset = (read_build_config(path) or {}).get("preset")
+            if preset in ("gpu", "cpu"):
+                return preset, str(path)
+    return None
+
+
+def use_gpu_preset(preset: str, checkpoints: Sequence[str | None] = ()) -> bool:
+    """Whether a bundle runs its paper (GPU) preset: ``preset`` ``"gpu"``, or ``"auto"`` resolved from the weights.
+
+    ``"auto"`` takes the preset recorded in the first existing file of ``checkpoints`` (the weights the run starts
+    from: ``model.pt`` for evaluation and inference, the newest epoch checkpoint or the pretrained encoder for
+    training), so that weights are always run with the network they were trained with; only a run that starts
+    from nothing chooses by the hardware (CUDA available). ``"cpu"`` is the CPU preset; anything else raises.
+    """
     if preset not in ("auto", "gpu", "cpu"):
         raise ValueError(f"preset must be 'auto', 'gpu' or 'cpu', got {preset!r}.")
+    if preset == "auto":
+        recorded = recorded_preset(checkpoints)
+        if recorded is not None:
+            return recorded[0] == "gpu"
     return preset == "gpu" or (preset == "auto" and torch.cuda.is_available())
 
 
-def preset_settings(preset: str, gpu: dict, cpu: dict) -> dict:
-    """The settings a bundle runs with, ``gpu`` (the paper's) or ``cpu`` by :func:`use_gpu_preset`, announced in the
-    log (loudly on CPU, from rank 0 only)."""
-    gpu_preset = use_gpu_preset(preset)
+def preset_settings(preset: str, gpu: dict, cpu: dict, checkpoints: Sequence[str | None] = ()) -> dict:
+    """The settings a bundle runs with, ``gpu`` (the paper's) or ``cpu`` by :func:`use_gpu_preset`, plus
+    ``"preset"`` (``"gpu"`` / ``"cpu"``), announced in the log (loudly on CPU, from rank 0 only)."""
+    gpu_preset = use_gpu_preset(preset, checkpoints)
+    chosen = dict(gpu if gpu_preset else cpu)
     if not is_not_rank0():
-        announce_preset(gpu_preset, preset, gpu if gpu_preset else cpu)
-    return dict(gpu if gpu_preset else cpu)
+        recorded = recorded_preset(checkpoints) if preset == "auto" else None
+        if recorded is not None:
+            logger.warning(f"preset '{recorded[0]}', recorded in {recorded[1]} (the weights this run starts from)")
+        announce_preset(gpu_preset, preset, chosen)
+    return {**chosen, "preset": "gpu" if gpu_preset else "cpu"}
 
 
 def announce_preset(gpu_preset: bool, preset: str, settings: dict) -> bool:

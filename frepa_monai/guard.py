@@ -101,7 +101,8 @@ class RunGuard:
         folders: the folders the run writes (``ckpt_dir``, ``output_dir``); created if missing.
         tracking_uri, experiment_name, run_name: the run's MLflow run, as given to MONAI's ``MLFlowHandler``
             (``tracking_uri`` ``None``: no MLflow).
-        mlflow: whether MLflow logging is on (``"false"`` as a command-line string too).
+        mlflow: whether to end the run's MLflow run (a run of ``run_name`` in the store, started by MONAI's
+            ``--tracking mlflow``) as FAILED or KILLED; nothing happens when there is no such run or store.
     """
 
     def __init__(
@@ -110,7 +111,7 @@ class RunGuard:
         tracking_uri: str | None = None,
         experiment_name: str | None = None,
         run_name: str | None = None,
-        mlflow: bool | str = False,
+        mlflow: bool | str = True,
     ) -> None:
         from monai.utils import str2bool
 

@@ -6,7 +6,10 @@
 - :class:`BestModelRecord`: the best score survives a resume;
 - :class:`EpochSeeder`: per-epoch seeds, so that a resumed run repeats an uninterrupted one;
 - :func:`loss_terms`: the ``output_transform`` that logs every loss term of a pretraining step;
-- :class:`NonFiniteLossCheck`: a NaN or infinite loss term stops training with an error.
+- :class:`NonFiniteLossCheck`: a NaN or infinite loss term stops training with an error;
+- :class:`LossTermAverages`: each loss term's epoch mean in ``engine.state.metrics`` (what MLflow logs per epoch);
+- :class:`GradientClipping`: optional gradient-norm clipping before the optimizer step;
+- :class:`BestEncoderSaver`: ``encoder.pt`` written with each better ``model.pt``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,20 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
+from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable
 from monai.utils import set_determinism
 
 from frepa_monai.engines import TERM_PREFIX
 from frepa_monai.metrics import FREQUENCY_BANDS, band_r2
-from frepa_monai.networks.checkpoint import CheckpointError, checkpoint_error, checkpoint_problem
+from frepa_monai.networks.checkpoint import (
+    CheckpointError,
+    checkpoint_error,
+    checkpoint_problem,
+    load_checkpoint,
+    save_encoder_checkpoint,
+)
 
 __all__ = [
     "class_channels",
@@ -43,6 +53,9 @@ __all__ = [
     "AtomicCheckpointSaver",
     "BestModelRecord",
     "EpochSeeder",
+    "LossTermAverages",
+    "GradientClipping",
+    "BestEncoderSaver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -259,6 +272,8 @@ class FrepaCheckpointLoader:
             if path is None:
                 logger.info(f"no checkpoint in {self.ckpt_dir}: training from scratch")
                 return
+            if self._finished(path, engine):
+                return
             logger.warning(f"resuming from {path}")
         elif not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist; train the bundle first or pass --ckpt_path.")
@@ -275,6 +290,108 @@ class FrepaCheckpointLoader:
             if error is None:
                 raise
             raise error from None  # torch's message advises weights_only=False: not for a file that is not ours
+
+    def _finished(self, path: str, engine: Engine) -> bool:
+        """Whether ``path`` ends a finished run (its epoch reached this run's ``max_epochs``). Such a run is not
+        resumed, which would train zero epochs (MONAI Label's second ``/train`` on new labels, or the same command
+        run again): its epoch checkpoints are removed, and this run trains from epoch 0 from the weights the
+        network has now (random, pretrained encoder, or a ``model.pt`` that a ``CheckpointLoader`` in
+        ``train#handlers`` loaded). ``model.pt`` stays until this run validates. A larger ``max_epochs`` resumes."""
+        trainer = load_checkpoint(path).get("trainer")
+        if not isinstance(trainer, dict) or not trainer.get("epoch_length"):
+            return False
+        epoch = trainer.get("epoch") or trainer.get("iteration", 0) // trainer["epoch_length"]
+        if engine.state.max_epochs is None or epoch < engine.state.max_epochs:
+            return False
+        logger.warning(
+            f"{path} is a finished run ({epoch} epochs, max_epochs {engine.state.max_epochs}): training a new run "
+            "from epoch 0 instead of resuming it (pass a larger --max_epochs to continue that run)"
+        )
+        if idist.get_rank() == 0:
+            for old in epoch_checkpoints(self.ckpt_dir):
+                Path(old).unlink(missing_ok=True)
+        return True
+
+
+class LossTermAverages:
+    """Put the epoch mean of every loss term of a pretraining step (:func:`loss_terms`; not the total, logged per
+    iteration as ``train_loss``) into ``engine.state.metrics`` as ``train_<term>``, where MONAI's stats,
+    TensorBoard and MLflow handlers log the metrics of each epoch. Attach it before them."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums, self._count = {}, 0
+
+    def _add(self, engine: Engine) -> None:
+        for name, value in loss_terms(engine.state.output).items():
+            if name != "loss":  # the total: MLflow's train_loss, logged per iteration
+                self._sums[name] = self._sums.get(name, 0.0) + float(value)
+        self._count += 1
+
+    def __call__(self, engine: Engine) -> None:
+        for name, total in self._sums.items():
+            engine.state.metrics[f"train_{name}"] = total / max(self._count, 1)
+
+
+class GradientClipping:
+    """Clip the gradient norm of every trained parameter to ``max_norm`` between the backward pass and the optimizer
+    step (MONAI's ``IterationEvents.BACKWARD_COMPLETED``), unscaling AMP gradients first.
+
+    Args:
+        max_norm: the largest total L2 norm of the gradients (``torch.nn.utils.clip_grad_norm_``); ``None`` or 0
+            switches clipping off.
+    """
+
+    def __init__(self, max_norm: float | None) -> None:
+        self.max_norm = max_norm
+
+    def attach(self, engine: Engine) -> None:
+        if self.max_norm:
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
+            engine.scaler.unscale_(engine.optimizer)
+        params = [p for group in engine.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+
+
+class BestEncoderSaver:
+    """Write ``encoder.pt`` each time the key-metric saver writes a better ``model.pt``, so both hold the best
+    epoch; the encoder file records that epoch and the score (``"best": {"epoch", "metric", "score"}``).
+
+    Attach it to the evaluator after ``saver``.
+
+    Args:
+        saver: the evaluator's ``CheckpointSaver`` with ``save_key_metric=True``.
+        network: the network holding the encoder (``.encoder``; a DDP wrapper's ``.module`` is unwrapped).
+        path: the encoder file.
+    """
+
+    def __init__(self, saver, network: torch.nn.Module, path: str) -> None:
+        self.saver, self.network, self.path = saver, network, path
+        self._best = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        saved = self.saver._key_metric_checkpoint.state_dict()["_saved"]  # ignite: [(score, filename)], best last
+        if not saved or saved[-1][0] == self._best or idist.get_rank() != 0:
+            return
+        self._best = saved[-1][0]
+        network = getattr(self.network, "module", self.network)
+        best = {"epoch": engine.state.epoch, "metric": engine.state.key_metric_name, "score": float(self._best)}
+        save_encoder_checkpoint(self.path, network, best=best)
+        logger.info(f"{self.path}: encoder of epoch {best['epoch']} ({best['metric']} {best['score']:.4f})")
 
 
 class _AtomicDiskSaver(DiskSaver):

@@ -8,15 +8,16 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from monai.bundle import ConfigWorkflow
 
 from frepa_monai.networks import build_encoder, save_encoder_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
-SMALL_RUN = {"mlflow": False, "preset": "cpu", "cpu_settings#max_epochs": 2, "cpu_settings#val_interval": 1}
-"""Overrides every bundle test starts from: the CPU preset, 2 epochs each validated, MLflow off (creating its SQLite
-store takes seconds)."""
+SMALL_RUN = {"preset": "cpu", "cpu_settings#max_epochs": 2, "cpu_settings#val_interval": 1}
+"""Overrides every bundle test starts from: the CPU preset, 2 epochs each validated (MLflow is off unless a test passes
+``tracking="mlflow"``: creating its SQLite store takes seconds)."""
 
 
 def small_run(checkpoint: Path | None = None, **override) -> dict:
@@ -30,6 +31,17 @@ def small_run(checkpoint: Path | None = None, **override) -> dict:
 def cli_overrides(override: dict) -> list[str]:
     """Config overrides as ``python -m monai.bundle run`` takes them: ``--key value``, non-string values as JSON."""
     return [arg for k, v in override.items() for arg in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+
+
+def assert_same_weights(actual: dict, expected: dict, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Two state dicts hold the same tensors (to float tolerance) and the same recorded network (``_extra_state``,
+    compared exactly)."""
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(actual[key], value, rtol=rtol, atol=atol)
+        else:
+            assert actual[key] == value, key
 
 
 def read_metrics_csv(path: Path) -> dict[str, float]:
@@ -49,14 +61,18 @@ def bundle_copy(tmp_path: Path, name: str) -> Path:
     return root
 
 
-def workflow(root: Path, configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
-    """An initialised ConfigWorkflow of ``root/configs/<configs>`` whose required properties are all present."""
+def workflow(
+    root: Path, configs: list[str], workflow_type: str = "train", tracking: str | None = None, **override
+) -> ConfigWorkflow:
+    """An initialised ConfigWorkflow of ``root/configs/<configs>`` whose required properties are all present;
+    ``tracking="mlflow"`` is MONAI's ``--tracking mlflow``."""
     files = [str(root / "configs" / c) for c in configs]
     wf = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         workflow_type=workflow_type,
         logging_file=False,
         bundle_root=str(root),
+        tracking=tracking,
         **override,
     )
     wf.initialize()

@@ -12,7 +12,7 @@ from bundle_helpers import REPO
 from monai.bundle.config_item import ComponentLocator
 
 BUNDLES = REPO / "bundles"
-CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
+CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "multi_gpu_evaluate.json")
 DIMENSION = {
     "network_def#spatial_dims",
     "train#augmentation",

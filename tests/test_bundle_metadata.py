@@ -40,7 +40,7 @@ KNOWN_SCHEMAS = {
     "meta_schema_20240725.json": "cd64aa8a5904426f6fc6855dabe46af8c742d5bad644b4e9cfb78ebad09ad678",
 }
 # config files of the model zoo layout that the lead writes alongside (skipped while missing)
-WORKFLOW_CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
+WORKFLOW_CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "multi_gpu_evaluate.json")
 # the pretraining bundles: expected channel layout and their default datalist function
 PRETRAIN = {
     "frepa_pretrain_2d": {"dims": 2, "in": 4, "out": 3, "datalist": "pretrain_2d_datalist"},

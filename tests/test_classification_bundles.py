@@ -191,7 +191,7 @@ def test_missing_image_ends_the_command_with_exit_code_1(tmp_path):
     missing = tmp_path / "no_such_image.nii.gz"
     train_datalist = f"$[dict(d, image='{missing}') if i == 0 else d for i, d in enumerate(@datalist['training'])]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json")]
-    cmd += ["--bundle_root", str(root), "--preset", "cpu", "--mlflow", "false", "--encoder", "none"]
+    cmd += ["--bundle_root", str(root), "--preset", "cpu", "--encoder", "none"]
     cmd += ["--train_datalist", train_datalist, "--check_datalist", "$None"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
@@ -209,7 +209,7 @@ def test_run_folds(tmp_path):
     """``frepa_monai.workflows.cross_validate`` (``tools/run_folds.py``): every fold tests its own subjects."""
     ckpt = encoder_checkpoint(tmp_path / "encoder.pt", "vit_tiny", 2, 4, SIZE[2], seed=7)
     work = tmp_path / "cv"
-    sets = ["preset=cpu", "mlflow=false", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
+    sets = ["preset=cpu", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
     sets += [f"encoder_checkpoint={ckpt}", "train_datalist=$@datalist['training'][::2]"]
     overrides = dict(parse_override(s) for s in sets)
     result = cross_validate("frepa_classification_2d", num_folds=2, work_dir=work, overrides=overrides)
@@ -237,7 +237,7 @@ def test_compare_encoders(tmp_path):
     each run's test metrics and their difference."""
     ckpt = encoder_checkpoint(tmp_path / "encoder.pt", "vit_tiny", 2, 4, SIZE[2], seed=7)
     work = tmp_path / "compare"
-    sets = ["preset=cpu", "mlflow=false", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
+    sets = ["preset=cpu", "cpu_settings#image_size=[32,32]", "cpu_settings#max_epochs=1"]
     sets += [f"encoder_checkpoint={ckpt}", "train_datalist=$@datalist['training'][::3]"]
     overrides = dict(parse_override(s) for s in sets)
     modes = ("pretrained", "none")

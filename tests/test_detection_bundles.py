@@ -139,7 +139,7 @@ def test_box_target_follows_the_mask(tmp_path):
     assert target[-1] == 1
 
     root = bundle_copy(tmp_path, name)  # the bundle's own validation preprocessing, at the CPU preset's 128 x 128
-    wf = workflow(root, ["train.json"], mlflow=False, preset="cpu", encoder="random")
+    wf = workflow(root, ["train.json"], preset="cpu", encoder="random")
     d = wf.parser.get_parsed_content("validate#preprocessing")(dict(item))
     assert d["image"].shape == (4, 128, 128) and d["label"].shape == (5,)
     mapped = np.array(original_grid_box(d["label"], d["image"])["box_voxel_continuous"])
@@ -261,7 +261,7 @@ def test_encoder_modes_and_folds(tmp_path, monkeypatch):
     root = bundle_copy(tmp_path, name)
     monkeypatch.chdir(tmp_path)  # no bundles/frepa_pretrain_3d/models/encoder.pt below the working folder
     with pytest.raises(Exception) as info:  # MONAI wraps the FileNotFoundError of the network definition
-        workflow(root, ["train.json"], mlflow=False, preset="cpu")
+        workflow(root, ["train.json"], preset="cpu")
     causes = []
     error = info.value
     while error is not None:
@@ -269,18 +269,18 @@ def test_encoder_modes_and_folds(tmp_path, monkeypatch):
         error = error.__cause__
     assert any(isinstance(e, FileNotFoundError) and "--encoder random" in str(e) for e in causes)
     assert str(tmp_path / "frepa_pretrain_3d" / "models" / "encoder.pt") in error_messages(info.value)
-    none = workflow(root, ["train.json"], mlflow=False, preset="cpu", encoder="none").parser
+    none = workflow(root, ["train.json"], preset="cpu", encoder="none").parser
     assert isinstance(none.get_parsed_content("network").encoder, PatchifyEncoder)
-    random = workflow(root, ["train.json"], mlflow=False, preset="cpu", encoder="random").parser
+    random = workflow(root, ["train.json"], preset="cpu", encoder="random").parser
     assert random.get_parsed_content("network").encoder.network_config["name"] == "vit_tiny"
 
     tests = []
     for fold in (0, 1):
-        parser = workflow(root, ["train.json"], mlflow=False, preset="cpu", encoder="random", fold=fold).parser
+        parser = workflow(root, ["train.json"], preset="cpu", encoder="random", fold=fold).parser
         assert parser.get_parsed_content("num_folds") == 2
         tests.append({it["subject"] for it in parser.get_parsed_content("test_datalist")})
     assert tests[0] | tests[1] == {"pyradiomics_lung1", "pyradiomics_lung2"} and not tests[0] & tests[1]
-    mixed = workflow(root, ["train.json"], mlflow=False, preset="cpu", encoder="random", modalities=["CT", "MR"])
+    mixed = workflow(root, ["train.json"], preset="cpu", encoder="random", modalities=["CT", "MR"])
     assert mixed.parser.get_parsed_content("num_folds") == 5
     assert sum(len(v) for v in mixed.parser.get_parsed_content("datalist").values()) == 18
     assert all(Path(it["image"]).is_relative_to(SAMPLE_DIR) for it in mixed.parser.get_parsed_content("train_datalist"))

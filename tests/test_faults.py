@@ -187,7 +187,7 @@ def missing_file_in_classification(tmp_path):
     root = bundle_copy(tmp_path, "frepa_classification_2d")
     missing = tmp_path / "gone.png"
     listed = [{"image": str(missing), "label": 1, "window": "none"}]
-    args = cli_overrides({"mlflow": False, "encoder": "random", "train_datalist": as_list(listed)})
+    args = cli_overrides({"encoder": "random", "train_datalist": as_list(listed)})
     rc, text = cli(root, "train.json", *args)
     assert rc == 1, f"exit status {rc}"
     return Outcome(text, [str(missing), "does not exist"], rc, expect_rc=1)
@@ -310,10 +310,10 @@ LONG_RUN = cli_overrides({"cpu_settings#max_epochs": 50, "train_datalist": "$@da
 
 def second_run_in_the_same_folder(tmp_path):
     root = bundle_copy(tmp_path, PRETRAIN_2D)
-    first = cli(root, "train.json", "--mlflow", "false", *LONG_RUN, wait=False)
+    first = cli(root, "train.json", *LONG_RUN, wait=False)
     try:
         wait_for(lambda: lock_path(root / "models").exists(), what="the first run's lock")
-        rc, text = cli(root, "train.json", "--mlflow", "false", *LONG_RUN)
+        rc, text = cli(root, "train.json", *LONG_RUN)
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
@@ -322,7 +322,7 @@ def second_run_in_the_same_folder(tmp_path):
 
 def sigterm_ends_the_mlflow_run_killed(tmp_path):
     root = bundle_copy(tmp_path, PRETRAIN_2D)
-    proc = cli(root, "train.json", *LONG_RUN, wait=False)
+    proc = cli(root, "train.json", "--tracking", "mlflow", *LONG_RUN, wait=False)
     wait_for(lambda: epoch_checkpoints(root / "models"), what="an epoch checkpoint")
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=120)
@@ -335,12 +335,12 @@ def sigterm_ends_the_mlflow_run_killed(tmp_path):
 
 def sigkill_then_rerun_takes_the_lock_over(tmp_path):
     root = bundle_copy(tmp_path, PRETRAIN_2D)
-    proc = cli(root, "train.json", *LONG_RUN, wait=False)
+    proc = cli(root, "train.json", "--tracking", "mlflow", *LONG_RUN, wait=False)
     wait_for(lambda: epoch_checkpoints(root / "models"), what="an epoch checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     killed = set(mlflow_statuses(root))
-    rc, text = cli(root, "train.json", *LONG_RUN)
+    rc, text = cli(root, "train.json", "--tracking", "mlflow", *LONG_RUN)
     statuses = mlflow_statuses(root)
     assert {statuses[name] for name in killed} == {"KILLED"} and "FINISHED" in statuses.values()
     taken = f"taking over the stale lock {lock_path(root / 'models')} of process {proc.pid}"
@@ -350,7 +350,13 @@ def sigkill_then_rerun_takes_the_lock_over(tmp_path):
 def nan_loss_ends_the_mlflow_run_failed(tmp_path):
     root = bundle_copy(tmp_path, PRETRAIN_2D)
     diverging = {"cpu_settings#max_epochs": 2, "cpu_settings#learning_rate": 1e30, **TINY_2D}
-    rc, text = cli(root, "train.json", *cli_overrides({**diverging, "train_datalist": "$@datalist['training'][:8]"}))
+    rc, text = cli(
+        root,
+        "train.json",
+        "--tracking",
+        "mlflow",
+        *cli_overrides({**diverging, "train_datalist": "$@datalist['training'][:8]"}),
+    )
     assert set(mlflow_statuses(root).values()) == {"FAILED"}
     return Outcome(text, ["loss terms", "training stopped"], rc)
 

@@ -21,7 +21,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import REPO, SMALL_RUN, bundle_copy, cli_overrides, error_messages, run, workflow
+from bundle_helpers import (
+    REPO,
+    SMALL_RUN,
+    assert_same_weights,
+    bundle_copy,
+    cli_overrides,
+    error_messages,
+    run,
+    workflow,
+)
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
@@ -63,7 +72,7 @@ def train(root: Path, name: str, stop_after_epoch: int | None = None, **override
 @pytest.mark.parametrize("name", ["frepa_pretrain_3d", "frepa_pretrain_2d"])
 def test_train_evaluate_inference(tmp_path, name):
     root = bundle_copy(tmp_path, name)
-    wf = train(root, name, mlflow=name.endswith("3d"))
+    wf = train(root, name, tracking="mlflow" if name.endswith("3d") else None)
     trainer, evaluator = (
         wf.parser.get_parsed_content("train#trainer"),
         wf.parser.get_parsed_content("validate#evaluator"),
@@ -87,13 +96,20 @@ def test_train_evaluate_inference(tmp_path, name):
         mlflow.set_tracking_uri(f"sqlite:///{out / 'mlruns.db'}")
         runs = mlflow.search_runs(experiment_names=[name])
         assert len(runs) == 1
-        assert {"metrics.rmse", "metrics.con", "metrics.val_rmse", "metrics.val_rho_high"} <= set(runs.columns)
+        assert {"metrics.train_loss", "metrics.train_rmse", "metrics.train_con", "metrics.val_rmse"} <= set(
+            runs.columns
+        )
         assert {"metrics.val_r2_low", "metrics.val_r2_mid", "metrics.val_r2_high"} <= set(runs.columns)
     preview = out / "previews" / "preview_epoch_2.png"
     assert preview.is_file() and preview.stat().st_size > 1000
     encoder = torch.load(models / "encoder.pt", map_location="cpu", weights_only=True)
     assert encoder["network_config"]["name"] == "vit_tiny"
     assert encoder["network_config"]["in_channels"] == (2 if name.endswith("3d") else 4)
+    assert encoder["network_config"]["preset"] == "cpu" and encoder["best"]["metric"] == "val_rmse"
+    best = torch.load(models / "model.pt", map_location="cpu", weights_only=True)  # encoder.pt: the best epoch's
+    assert best["_extra_state"]["build_config"]["args"]["img_size"] == list(INFER_SMALL[name].values())[1]
+    for key, value in encoder["state_dict"].items():
+        assert torch.equal(best[f"encoder.{key}"], value), key
 
     # evaluate.json: the best model on the validation split reproduces the training's validation metrics
     ev = workflow(root, ["train.json", "evaluate.json"], **SMALL[name])
@@ -129,8 +145,8 @@ def test_train_evaluate_inference(tmp_path, name):
 
 def test_mae_baseline_keeps_its_mask_token_out_of_the_encoder(tmp_path):
     """``--strategy_name mae``: no Hessian channel; MAE's mask token is trained and saved in ``model.pt`` (the
-    autoencoder), not in ``encoder.pt``; inference with the same ``--strategy_name`` loads that ``model.pt``, and
-    without it says which switch to pass."""
+    autoencoder), not in ``encoder.pt``; inference builds that network from ``model.pt``, with or without the
+    same ``--strategy_name``."""
     name = "frepa_pretrain_2d"
     root = bundle_copy(tmp_path, name)
     wf = train(root, name, strategy_name="mae")
@@ -141,10 +157,10 @@ def test_mae_baseline_keeps_its_mask_token_out_of_the_encoder(tmp_path):
     assert encoder["network_config"]["in_channels"] == 3 and not any("mask" in k for k in encoder["state_dict"])
     infer = {**INFER_SMALL[name], "use_hessian": False}
     run(root, ["inference.json"], workflow_type="infer", strategy_name="mae", **infer)
-    assert list((root / "eval" / "inference").iterdir())
-    with pytest.raises(Exception) as info:
-        run(root, ["inference.json"], workflow_type="infer", **infer)
-    assert "--strategy_name" in error_messages(info.value) and "model.pt" in error_messages(info.value)
+    outputs = {p.name: p.read_bytes() for p in (root / "eval" / "inference").glob("*.png")}
+    assert outputs
+    run(root, ["inference.json"], workflow_type="infer", **infer)  # model.pt records the MAE network: no switch
+    assert {p.name: p.read_bytes() for p in (root / "eval" / "inference").glob("*.png")} == outputs
 
 
 def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
@@ -159,15 +175,32 @@ def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
     a = torch.load(whole / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     b = torch.load(parts / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
-    for key, value in a["network"].items():
-        torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6)
+    assert_same_weights(b["network"], a["network"])
     assert a["trainer"]["iteration"] == b["trainer"]["iteration"] > 0
     # the best model (lowest validation RMSE over both parts) is the uninterrupted run's best model
     assert a["best_model"]["_saved"] == b["best_model"]["_saved"] and len(a["best_model"]["_saved"]) == 1
     best_a = torch.load(whole / "models" / "model.pt", map_location="cpu", weights_only=True)
     best_b = torch.load(parts / "models" / "model.pt", map_location="cpu", weights_only=True)
-    for key, value in best_a.items():
-        torch.testing.assert_close(best_b[key], value, rtol=1e-5, atol=1e-6)
+    assert_same_weights(best_b, best_a)
+
+
+def test_a_finished_run_trains_anew_and_a_longer_one_resumes(tmp_path):
+    """The same command after a finished run (as MONAI Label's second ``/train`` on new labels) trains again from
+    epoch 0 instead of running zero epochs; a larger ``max_epochs`` continues the finished run."""
+    name = "frepa_pretrain_2d"
+    root = bundle_copy(tmp_path, name)
+
+    def epochs_run(**override) -> tuple[list[int], int]:
+        wf = workflow(root, ["train.json"], **{**SMALL[name], **override})
+        trainer, done = wf.parser.get_parsed_content("train#trainer"), []
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: done.append(engine.state.epoch))
+        wf.run()
+        wf.finalize()
+        return done, len(list((root / "models").glob("checkpoint_epoch=*.pt")))
+
+    assert epochs_run() == ([1, 2], 1)
+    assert epochs_run() == ([1, 2], 1)  # finished: a new run, whose checkpoints replace the finished one's
+    assert epochs_run(**{"cpu_settings#max_epochs": 3}) == ([3], 1)  # longer: resumes at epoch 3
 
 
 def test_training_on_a_folder_of_the_users_images(tmp_path):
@@ -303,8 +336,7 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     train(root, name, **small)  # the README's command again
     a = torch.load(whole / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=True)
     b = torch.load(root / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=True)
-    for key, value in a["network"].items():
-        torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6)
+    assert_same_weights(b["network"], a["network"])
 
 
 def test_switches_given_as_command_line_strings():
@@ -316,13 +348,10 @@ def test_switches_given_as_command_line_strings():
         wrong.parser.get_parsed_content("loss")
     assert 'Got "maybe", expected a value from: yes, true' in error_messages(info.value)
     root = REPO / "bundles" / "frepa_pretrain_3d"
-    wf = ConfigWorkflow(
-        config_file=str(root / "configs" / "train.json"), logging_file=False, hfl="false", fm="False", mlflow="no"
-    )
+    wf = ConfigWorkflow(config_file=str(root / "configs" / "train.json"), logging_file=False, hfl="false", fm="False")
     loss = wf.parser.get_parsed_content("loss")
     strategy = wf.parser.get_parsed_content("strategy")
     assert loss.use_hfl is False and loss.use_grad is True and strategy.corrupt.prob_frequency == 0.0
-    assert wf.parser.get_parsed_content("mlflow_disabled") is True
 
 
 @pytest.mark.parametrize("name", ["frepa_pretrain_3d", "frepa_pretrain_2d"])

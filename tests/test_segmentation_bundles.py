@@ -18,7 +18,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import SMALL_RUN, bundle_copy, cli_overrides, encoder_checkpoint, error_messages, run, workflow
+from bundle_helpers import (
+    SMALL_RUN,
+    assert_same_weights,
+    bundle_copy,
+    cli_overrides,
+    encoder_checkpoint,
+    error_messages,
+    run,
+    workflow,
+)
 from PIL import Image
 
 from frepa_monai.data import brain_region_segmentation_datalist, vessel_segmentation_datalist
@@ -255,8 +264,7 @@ def test_resumed_run_repeats_an_uninterrupted_run(tmp_path):
         b = torch.load(parts / "models" / name, map_location="cpu", weights_only=True)
         a, b = a.get("network", a), b.get("network", b)
         assert set(a) == set(b)
-        for key, value in a.items():
-            torch.testing.assert_close(b[key], value, rtol=1e-5, atol=1e-6)
+        assert_same_weights(b, a)
 
 
 def test_missing_pretrained_encoder_is_a_clear_error(tmp_path, monkeypatch):

@@ -33,7 +33,6 @@ from frepa_monai.networks.checkpoint import read_encoder_checkpoint
 NAME = "frepa_transfer_2d_to_3d"
 CLASSES = ["frontal", "parietal_occipital", "temporal", "deep_grey_limbic", "cerebellum"]
 SMALL = {  # MLflow off: creating its SQLite store takes seconds
-    "mlflow": False,
     "preset": "cpu",
     "cpu_settings#image_size": [32, 32],
     "cpu_settings#hidden_size": 32,

@@ -2,7 +2,7 @@
 the frequency-disentangled comparison network, and encoder checkpoints."""
 
 from frepa_monai.networks.autoencoder import FrepaAutoEncoder, MaskTokens, build_autoencoder
-from frepa_monai.networks.build_record import BuildRecord, network_from_checkpoint, read_build_config, record_build
+from frepa_monai.networks.build_record import BuildRecord, read_build_config, record_build
 from frepa_monai.networks.checkpoint import (
     CheckpointError,
     EncoderLoadReport,
@@ -12,6 +12,7 @@ from frepa_monai.networks.checkpoint import (
     load_encoder_weights,
     read_encoder_checkpoint,
     save_encoder_checkpoint,
+    warm_start,
 )
 from frepa_monai.networks.decoders import ConvDecoder
 from frepa_monai.networks.encoders import (
@@ -33,6 +34,7 @@ from frepa_monai.networks.factory import (
     build_slice_transformer,
     build_task_network,
     build_whole_network,
+    network_from_checkpoint,
 )
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet, frequency_split
 from frepa_monai.networks.heads import (
@@ -85,4 +87,5 @@ __all__ = [
     "save_encoder_checkpoint",
     "sinusoidal_embedding_1d",
     "sinusoidal_embedding_2d",
+    "warm_start",
 ]

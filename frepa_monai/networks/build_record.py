@@ -8,20 +8,17 @@ expects) and inside every epoch checkpoint. Only plain values are stored: the fi
 ``torch.load(weights_only=True)``.
 
 - :func:`read_build_config` reads it back from a ``model.pt``, an epoch checkpoint or an ``encoder.pt``.
-- :func:`network_from_checkpoint` builds the recorded network, or the default one when there is no file yet.
+- :func:`~frepa_monai.networks.factory.network_from_checkpoint` builds the recorded network, or the configured one
+  when there is no file yet.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 
 import torch.nn as nn
 
-__all__ = ["BuildRecord", "record_build", "read_build_config", "network_from_checkpoint"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["BuildRecord", "record_build", "read_build_config"]
 
 EXTRA_STATE_KEY = "_extra_state"
 
@@ -80,35 +77,3 @@ def read_build_config(path: str | os.PathLike) -> dict | None:
         config = dict(obj["network_config"])
         return {"builder": "build_encoder", "args": config, "preset": config.get("preset")}
     return None
-
-
-def network_from_checkpoint(checkpoint: str | os.PathLike | None, default: functools.partial) -> nn.Module:
-    """The network that ``checkpoint`` was trained with, or ``default()`` when the file does not exist yet.
-
-    Args:
-        checkpoint: a ``model.pt`` (or epoch checkpoint) written from a network of ``default``'s builder.
-        default: the bundle's builder with its arguments (``"_mode_": "partial"`` in a config). The recorded
-            arguments replace these; the builder itself is never taken from the file.
-
-    Raises:
-        ValueError: naming the file, when it was written by another builder than ``default``'s.
-    """
-    if default.args:
-        raise TypeError(f"give the arguments of {default.func.__name__} by name, got positional {default.args}")
-    if checkpoint is None or not os.path.isfile(checkpoint):
-        return default()
-    config = read_build_config(checkpoint)
-    if not config:
-        logger.warning("%s records no network; building the network of the config", checkpoint)
-        return default()
-    builder = default.func.__name__
-    if config.get("builder") != builder:
-        raise ValueError(
-            f"{checkpoint} holds a network of {config.get('builder')}, but this config builds {builder}: "
-            "it comes from another bundle"
-        )
-    args = {**default.keywords, **config.get("args", {})}
-    changed = sorted(k for k in config.get("args", {}) if default.keywords.get(k) != config["args"][k])
-    if changed:
-        logger.info("%s: building the network it was trained with (%s from the file)", checkpoint, ", ".join(changed))
-    return default.func(**args)

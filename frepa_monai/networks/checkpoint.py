@@ -1,13 +1,15 @@
 """Saving and loading Frepa encoder weights.
 
 A Frepa encoder checkpoint is ``{"state_dict": <encoder state dict>, "network_config": {"name", "spatial_dims",
-"in_channels", "img_size"}}``, written atomically. :func:`load_encoder_weights` also reads a whole
+"in_channels", "img_size", "preset"}, "best": {"epoch", "metric", "score"}}`` (``best``: the validation that chose
+the weights, when a bundle wrote them), written atomically. :func:`load_encoder_weights` also reads a whole
 :class:`~frepa_monai.networks.autoencoder.FrepaAutoEncoder` (or task network) state dict and MONAI
 ``CheckpointSaver`` files (``{"network": state_dict, ...}`` or a bare state dict).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -29,7 +31,10 @@ __all__ = [
     "read_encoder_checkpoint",
     "load_encoder_weights",
     "build_encoder_from_checkpoint",
+    "warm_start",
 ]
+
+logger = logging.getLogger(__name__)
 
 _CONFIG_KEYS = ("name", "spatial_dims", "in_channels", "img_size")
 _STATE_DICT_KEYS = ("state_dict", "network", "model", "net")
@@ -118,17 +123,25 @@ def _encoder_of(model: nn.Module) -> nn.Module:
     return encoder if isinstance(encoder, nn.Module) else model
 
 
-def save_encoder_checkpoint(path: str | os.PathLike, encoder: nn.Module, config: dict | None = None) -> None:
+def save_encoder_checkpoint(
+    path: str | os.PathLike, encoder: nn.Module, config: dict | None = None, best: dict | None = None
+) -> None:
     """Write ``encoder``'s weights and network config to ``path`` atomically (temp file + ``os.replace``).
 
     Args:
         path: destination file (its folder is created).
         encoder: an encoder from :func:`~frepa_monai.networks.encoders.build_encoder`, or a module holding it as
-            ``.encoder`` (e.g. a FrepaAutoEncoder).
+            ``.encoder`` (e.g. a FrepaAutoEncoder, whose recorded bundle preset is then added to the config as
+            ``"preset"``).
         config: ``{"name", "spatial_dims", "in_channels", "img_size"}``; default ``encoder.network_config``.
+        best: what the weights are, stored as ``"best"``, e.g. ``{"epoch", "metric", "score"}`` of the validation
+            that chose them.
     """
+    preset = (getattr(encoder, "build_config", None) or {}).get("preset")
     encoder = _encoder_of(encoder)
     config = dict(config if config is not None else getattr(encoder, "network_config", {}))
+    if preset is not None:
+        config.setdefault("preset", preset)
     absent = [k for k in _CONFIG_KEYS if k not in config]
     if absent:
         raise ValueError(f"network config for '{path}' lacks {absent}; give config= or build with build_encoder().")
@@ -138,7 +151,7 @@ def save_encoder_checkpoint(path: str | os.PathLike, encoder: nn.Module, config:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": state_dict, "network_config": config}, f)
+            torch.save({"state_dict": state_dict, "network_config": config, **({"best": best} if best else {})}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -231,6 +244,23 @@ def load_encoder_weights(
         )
     target.load_state_dict({k: weights[k] for k in loaded}, strict=False)
     return EncoderLoadReport(str(path), loaded, missing, unexpected, config)
+
+
+def warm_start(network: nn.Module, init_encoder: str | os.PathLike | None = None) -> nn.Module:
+    """Load the encoder weights of ``init_encoder`` (an ``encoder.pt``, released or from an earlier run) into
+    ``network``'s encoder, strictly, and return ``network``; ``None`` leaves it as it is.
+
+    Pretraining bundles call it (``--init_encoder <encoder.pt>``) to start from an existing encoder; only the
+    weights come from the file (the decoder, optimizer and epoch start anew), and a resumed run's checkpoint
+    replaces them.
+    """
+    if init_encoder is None:
+        return network
+    if not os.path.isfile(init_encoder):
+        raise FileNotFoundError(f"init_encoder {init_encoder} does not exist")
+    report = load_encoder_weights(network, init_encoder, strict=True)
+    logger.warning(f"encoder warm-started from {init_encoder} ({len(report.loaded_keys)} tensors)")
+    return network
 
 
 def build_encoder_from_checkpoint(path: str | os.PathLike) -> nn.Module:

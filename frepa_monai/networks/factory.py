@@ -14,11 +14,19 @@ from collections.abc import Sequence
 import torch.nn as nn
 from monai.networks.nets import MedNeXt, SwinUNETR
 
-from frepa_monai.networks.build_record import record_build
+from frepa_monai.networks.autoencoder import build_autoencoder
+from frepa_monai.networks.build_record import read_build_config, record_build
 from frepa_monai.networks.checkpoint import load_encoder_weights
 from frepa_monai.networks.encoders import PRESET_DOC_KEYS, PatchifyEncoder, build_encoder, encoder_preset
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet
-from frepa_monai.networks.heads import ClassificationHead, DetectionHead, FrepaTaskNet, SegmentationHead
+from frepa_monai.networks.heads import (
+    ClassificationHead,
+    DetectionHead,
+    FrepaTaskNet,
+    LinearClassificationHead,
+    LinearSegmentationHead,
+    SegmentationHead,
+)
 from frepa_monai.networks.slice_transformer import SliceTransformer
 
 __all__ = [
@@ -29,11 +37,13 @@ __all__ = [
     "build_task_network",
     "build_slice_transformer",
     "build_pretrained_whole_network",
+    "network_from_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("segmentation", "classification", "detection")
+HEADS = ("segmentation", "classification", "detection", "linear")
+LINEAR_TASKS = ("segmentation", "classification")
 ENCODER_MODES = ("pretrained", "random", "none")
 """Values of the downstream bundles' ``encoder`` setting: ``pretrained`` loads ``encoder_checkpoint`` (a Frepa,
 MAE or MFM encoder from a pretraining bundle), ``random`` keeps the preset's random initialisation (the same
@@ -81,20 +91,38 @@ def build_head(
     stride: Sequence[int],
     spatial_dims: int,
     out_channels: int = 2,
+    task: str | None = None,
     **head_kwargs,
 ) -> nn.Module:
     """A task head on a feature map of ``in_channels`` channels and ``stride``.
 
     ``"segmentation"`` -> :class:`SegmentationHead` with ``out_channels`` classes, ``"classification"`` ->
     :class:`ClassificationHead` with ``out_channels`` classes, ``"detection"`` -> :class:`DetectionHead`
-    (``out_channels`` ignored: the head outputs ``2 * spatial_dims + 1`` numbers).
+    (``out_channels`` ignored: the head outputs ``2 * spatial_dims + 1`` numbers). ``"linear"`` is the linear
+    probe of ``task``: :class:`LinearSegmentationHead` for ``task="segmentation"``,
+    :class:`LinearClassificationHead` for ``task="classification"``; it is one linear map and takes no
+    ``head_kwargs``. ``task`` names the bundle's task; it is only needed for ``"linear"`` and must agree with a
+    named head.
     """
+    if task is not None and head not in ("linear", task):
+        raise ValueError(f"head '{head}' does not fit task '{task}': use head='{task}' or head='linear'.")
     if head == "segmentation":
         return SegmentationHead(in_channels, out_channels, stride, spatial_dims, **head_kwargs)
     if head == "classification":
         return ClassificationHead(in_channels, out_channels, spatial_dims, **head_kwargs)
     if head == "detection":
         return DetectionHead(in_channels, spatial_dims, **head_kwargs)
+    if head == "linear":
+        if task not in LINEAR_TASKS:
+            raise ValueError(f"head 'linear' needs task= one of {LINEAR_TASKS} (the bundle's task), got {task!r}.")
+        if head_kwargs:
+            raise ValueError(
+                f"head 'linear' is one linear map and takes no head_kwargs, got {sorted(head_kwargs)}: "
+                "drop head_kwargs for the linear probe."
+            )
+        if task == "segmentation":
+            return LinearSegmentationHead(in_channels, out_channels, stride, spatial_dims)
+        return LinearClassificationHead(in_channels, out_channels, spatial_dims)
     raise ValueError(f"unknown head '{head}', choose one of {HEADS}.")
 
 
@@ -300,3 +328,37 @@ def build_whole_network(name: str, spatial_dims: int, in_channels: int, out_chan
         f"preset '{name}' is not the encoder of a whole MONAI network; use 'swin_36' / 'mednext_24' "
         "(or a Swin preset with use_last_merging=True / a MedNeXt preset)."
     )
+
+
+def network_from_checkpoint(builder: str, checkpoint: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """``builder(**kwargs)`` with the arguments recorded in ``checkpoint`` in place of ``kwargs``: the network
+    that ``checkpoint`` (a ``model.pt`` or epoch checkpoint) was trained with, or the configured one when the file
+    does not exist yet (see :mod:`frepa_monai.networks.build_record`).
+
+    Args:
+        builder: ``"build_task_network"``, ``"build_slice_transformer"`` or ``"build_autoencoder"``.
+        checkpoint: the weights the network will be given, or ``None``.
+        kwargs: the builder's arguments, as a bundle config gives them (``encoder_checkpoint`` is kept: the
+            recorded arguments leave it out).
+
+    Raises:
+        ValueError: naming the file, when it records a network of another builder (another bundle's weights).
+    """
+    builders = {f.__name__: f for f in (build_task_network, build_slice_transformer, build_autoencoder)}
+    if builder not in builders:
+        raise ValueError(f"builder must be one of {sorted(builders)}, got {builder!r}.")
+    config = read_build_config(checkpoint) if checkpoint is not None and os.path.isfile(checkpoint) else None
+    if not config:
+        if checkpoint is not None and os.path.isfile(checkpoint):
+            logger.warning(f"{checkpoint} records no network: building the configured one")
+        return builders[builder](**kwargs)
+    if config.get("builder") != builder:
+        raise ValueError(
+            f"{checkpoint} holds a network of {config.get('builder')}, but this config builds {builder}: "
+            "the weights come from another bundle"
+        )
+    recorded = config.get("args", {})
+    changed = sorted(k for k in recorded if k in kwargs and kwargs[k] != recorded[k])
+    if changed:
+        logger.warning(f"{checkpoint}: building the network it was trained with ({', '.join(changed)} from the file)")
+    return builders[builder](**{**kwargs, **recorded, "preset": config.get("preset")})

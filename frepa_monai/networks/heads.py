@@ -11,15 +11,19 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks.blocks import UpSample
 from monai.networks.layers.factories import Conv, Pool
+from monai.utils import ensure_tuple_rep
 
 from frepa_monai.networks.build_record import BuildRecord
-from frepa_monai.networks.decoders import ConvDecoder
+from frepa_monai.networks.decoders import ConvDecoder, match_size
 
 __all__ = [
     "SegmentationHead",
     "ClassificationHead",
     "DetectionHead",
+    "LinearSegmentationHead",
+    "LinearClassificationHead",
     "FrepaTaskNet",
 ]
 
@@ -59,6 +63,49 @@ class ClassificationHead(nn.Module):
     def forward(self, features: torch.Tensor, out_size: Sequence[int] | None = None) -> torch.Tensor:
         """``(B, F, *grid)`` -> ``(B, num_classes)``; ``out_size`` is ignored."""
         return self.mlp(self.pool(features).flatten(1))
+
+
+class LinearSegmentationHead(nn.Module):
+    """Linear probe for segmentation: a 1x1 convolution to the classes, up-sampled to the input size.
+
+    ``(B, F, *grid)`` -> logits ``(B, out_channels, *out_size)``: the 1x1 convolution (``F * K + K`` parameters)
+    gives the class logits of every patch, MONAI's non-trainable :class:`~monai.networks.blocks.UpSample`
+    interpolates them bilinearly (2D) or trilinearly (3D) by ``stride``, and the encoder's end padding is cropped
+    off (:func:`~frepa_monai.networks.decoders.match_size`). Linear interpolation keeps the head one affine map of
+    the features (nearest neighbour would too, but gives blocky masks at stride 16), and ``align_corners=False``
+    puts every logit at the centre of its patch. Interpolating the logits equals a 1x1 convolution of the
+    interpolated features, with ``K / F`` of the work.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: Sequence[int] | int, spatial_dims: int) -> None:
+        super().__init__()
+        self.stride = tuple(int(s) for s in ensure_tuple_rep(stride, spatial_dims))
+        self.up = UpSample(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            scale_factor=self.stride,
+            mode="nontrainable",
+            pre_conv=Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1),
+            interp_mode="linear",
+            align_corners=False,
+        )
+        self.out_channels = out_channels
+
+    def forward(self, features: torch.Tensor, out_size: Sequence[int] | None = None) -> torch.Tensor:
+        """``(B, F, *grid)`` -> ``(B, out_channels, *out_size)``; ``*grid * stride`` without ``out_size``."""
+        logits = self.up(features)
+        return logits if out_size is None else match_size(logits, out_size, self.stride)
+
+
+class LinearClassificationHead(ClassificationHead):
+    """Linear probe for classification: global average pooling and one ``nn.Linear`` (``F * K + K`` parameters).
+
+    ``(B, F, *grid)`` -> logits ``(B, num_classes)``: a :class:`ClassificationHead` without hidden layers.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, spatial_dims: int) -> None:
+        super().__init__(in_channels, num_classes, spatial_dims, hidden_dims=())
 
 
 class DetectionHead(nn.Module):
