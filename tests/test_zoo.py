@@ -583,12 +583,9 @@ def test_zoo_package_layout():
     lines; the limits' defaults are those documented."""
     with_networks = {"checks.py", "network_format.py"}
     for path in [*sorted((REPO / "frepa_monai" / "zoo").glob("*.py")), ZOO_PATH]:
-        allowed = (
-            set(sys.stdlib_module_names)
-            | {"monai", "frepa_monai"}
-            | ({"torch"} if path.name in with_networks else set())
-        )
-        own = ("frepa_monai.zoo", "frepa_monai.networks") if path.name in with_networks else ("frepa_monai.zoo",)
+        extra = path.name in with_networks
+        allowed = set(sys.stdlib_module_names) | {"monai", "frepa_monai"} | ({"torch"} if extra else set())
+        own = ("frepa_monai.zoo", "frepa_monai.networks") if extra else ("frepa_monai.zoo",)
         text = path.read_text()
         assert len(text.splitlines()) < 600, path
         for node in ast.walk(ast.parse(text)):
