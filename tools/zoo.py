@@ -18,8 +18,14 @@ Subcommands (each ``--help``-able):
   ``<name>/`` (no absolute paths, no ``..``, no links), the zip within the limits (``--max_members``,
   ``--max_unzipped_mb``, ``--max_name_bytes``, ``--max_path_bytes``) and its metadata's version against its file
   name.
-- ``publish --to FOLDER [NAME ...]``: ``package`` into ``FOLDER`` with ``FOLDER/model_info.json``, then ``verify``:
-  a folder that any static HTTP server can serve (``python -m http.server --directory FOLDER``).
+- ``publish --to FOLDER [NAME ...]``: the model zoo CI's checks on each bundle (``ci/verify_bundle.py``: files,
+  version in the changelog, ``verify_metadata`` against the schema stored in ``bundles/schema``,
+  ``check_properties`` of the inference workflow, ``verify_net_in_out``, and, with ``models/model.pt``, a traced
+  ``ckpt_export``), on a copy of what it publishes; a bundle that fails one is refused, nothing is written, and the
+  error names the bundle, the file and the check. Then ``package`` into ``FOLDER`` with ``FOLDER/model_info.json``
+  and ``verify``: a folder that any static HTTP server can serve (``python -m http.server --directory FOLDER``).
+  ``package`` and ``publish`` write a published bundle's ``configs/metadata.json`` with a ``network_data_format``
+  that describes its ``models/model.pt`` (the network it records: e.g. the CPU preset's input size).
 - ``fetch --index URL --name NAME [--version V] --bundle_dir DIR``: reads the index, downloads the zip and refuses
   it (nothing extracted) when its sha256 differs from the index, a member would land outside ``DIR/<name>/`` or
   the zip is over a limit (as ``verify``); extracts it (MONAI's ``safe_extract_member`` for every path) and
@@ -47,12 +53,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from frepa_monai.zoo import (
-    BUNDLES_DIR,
     MAX_FILE_MB,
     PARTS,
-    REPO,
     ZipLimits,
     ZooError,
     bump,
@@ -64,6 +69,9 @@ from frepa_monai.zoo import (
     read_index,
     verify,
 )
+
+REPO = Path(__file__).resolve().parents[1]  # this clone, also when frepa_monai is installed from a wheel
+BUNDLES_DIR = REPO / "bundles"
 
 
 def _positive_int(text: str) -> int:

@@ -1,7 +1,8 @@
 """Packaging bundles the way the MONAI model zoo does: a reproducible zip ``<name>_v<version>.zip`` (fixed time
 stamps and permissions, sorted entries) whose top folder is ``<name>/``, files of ``models/`` over the model zoo's
-25 MB beside it and listed in its ``large_files.yml``, the zoo index updated, and :func:`publish` to a folder any
-static HTTP server can serve."""
+25 MB beside it and listed in its ``large_files.yml``, ``configs/metadata.json`` describing the shipped
+``models/model.pt`` (:mod:`~frepa_monai.zoo.network_format`), the zoo index updated, and :func:`publish` to a folder
+any static HTTP server can serve, after the model zoo's checks (:mod:`~frepa_monai.zoo.checks`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import zipfile
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
+from frepa_monai.zoo.checks import run_checks
 from frepa_monai.zoo.index import read_index, update_index
+from frepa_monai.zoo.network_format import shipped_metadata
 from frepa_monai.zoo.utils import (
     BUNDLES_DIR,
     INDEX_NAME,
@@ -32,11 +35,14 @@ __all__ = [
     "list_bundles",
     "read_metadata",
     "bundle_files",
+    "published_files",
+    "stage_bundle",
     "large_files_yml",
     "read_large_files",
     "write_zip",
     "package_bundle",
     "package",
+    "check_bundle",
     "publish",
 ]
 
@@ -98,6 +104,34 @@ def bundle_files(bundle: str | os.PathLike) -> list[PurePosixPath]:
             if (Path(folder) / name).is_file():
                 files.append(PurePosixPath(*rel_folder.parts, name))
     return sorted(files)
+
+
+def published_files(bundle: str | os.PathLike) -> list[tuple[PurePosixPath, Path | bytes]]:
+    """What a zip of ``bundle`` holds, before ``large_files.yml`` is made: (relative path, the source file, or the
+    bytes of ``configs/metadata.json`` rewritten for ``models/model.pt`` by
+    :func:`~frepa_monai.zoo.network_format.shipped_metadata`)."""
+    bundle = Path(bundle)
+    metadata = shipped_metadata(bundle)
+    out: list[tuple[PurePosixPath, Path | bytes]] = []
+    for rel in bundle_files(bundle):
+        is_metadata = rel == PurePosixPath("configs", "metadata.json") and metadata is not None
+        out.append((rel, metadata if is_metadata else bundle / rel))
+    return out
+
+
+def stage_bundle(bundle: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """The published files of ``bundle`` (:func:`published_files`, large files included, as after the model zoo's
+    ``download_large_files``) copied into ``dest/<name>``; returns that folder."""
+    bundle = Path(bundle)
+    root = Path(dest) / bundle.name
+    for rel, src in published_files(bundle):
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(src, bytes):
+            target.write_bytes(src)
+        else:
+            shutil.copyfile(src, target)
+    return root
 
 
 def large_files_yml(entries: list[dict]) -> str:
@@ -163,10 +197,12 @@ def package_bundle(
     key = index_key(name, version)
     members, large, copies = [], [], []
     own_large_name, own_large = read_large_files(bundle)
-    for rel in bundle_files(bundle):
-        src = bundle / rel
+    for rel, src in published_files(bundle):
         if rel.name == own_large_name and len(rel.parts) == 1:
             continue  # merged below
+        if isinstance(src, bytes):
+            members.append((f"{name}/{rel}", src))
+            continue
         if rel.parts[0] == "models" and src.stat().st_size > limit:
             url = f"{base_url.rstrip('/')}/{key}/{rel}"
             large.append({"path": str(rel), "url": url, "hash_val": sha256(src), "hash_type": "sha256"})
@@ -224,6 +260,18 @@ def package(
     return entries
 
 
+def check_bundle(bundle: str | os.PathLike, work_dir: str | os.PathLike, schema_dirs: list[Path]) -> list[str]:
+    """The model zoo's checks (:func:`~frepa_monai.zoo.checks.run_checks`) on a copy of what :func:`package_bundle`
+    publishes of ``bundle`` (:func:`stage_bundle`), made in a hidden folder of ``work_dir`` and removed after."""
+    bundle = Path(bundle)
+    stage = Path(work_dir) / f".check-{bundle.name}-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        return run_checks(stage_bundle(bundle, stage), str(bundle), schema_dirs)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def publish(
     to: str | os.PathLike,
     names: list[str] | None = None,
@@ -231,9 +279,18 @@ def publish(
     base_url: str | None = None,
     max_file_mb: float = MAX_FILE_MB,
     force: bool = False,
+    checks: bool = True,
 ) -> dict[str, dict]:
-    """``package`` into the folder ``to`` with ``to/model_info.json``, then ``verify`` every new zip."""
+    """The model zoo's checks on every bundle (:func:`check_bundle`; ``checks=False`` skips them, for bundles
+    whose weights are not a network's), then ``package`` into the folder ``to`` with ``to/model_info.json``, then
+    ``verify`` every new zip. A bundle that fails a check is refused and nothing is published; the schemas are
+    read from ``<bundles_dir>/schema``, else from this repository's ``bundles/schema``."""
     to = Path(to)
+    if checks:
+        schema_dirs = list(dict.fromkeys([Path(bundles_dir) / "schema", BUNDLES_DIR / "schema"]))
+        to.mkdir(parents=True, exist_ok=True)
+        for bundle in list_bundles(bundles_dir, names):
+            check_bundle(bundle, to, schema_dirs)
     entries = package(names, bundles_dir, to, base_url, to / INDEX_NAME, max_file_mb, force)
     for key in entries:
         verify(to / f"{key}.zip", to / INDEX_NAME)

@@ -22,6 +22,7 @@ __all__ = [
     "zip_name",
     "index_key",
     "write_atomic",
+    "json_style",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,3 +64,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def json_style(text: str) -> dict:
+    """``json.dumps`` arguments reproducing a file's style: its indent, ASCII escapes, trailing newline."""
+    indent = None
+    for line in text.splitlines()[1:]:
+        stripped = line.lstrip(" \t")
+        if stripped and len(stripped) < len(line):
+            indent = line[: len(line) - len(stripped)]
+            indent = len(indent) if set(indent) == {" "} else indent
+            break
+    return {"indent": indent, "ensure_ascii": "\\u" in text or all(ord(c) < 128 for c in text)}

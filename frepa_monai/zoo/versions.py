@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from frepa_monai.zoo.packaging import read_metadata
-from frepa_monai.zoo.utils import VERSION_RE, ZooError, write_atomic
+from frepa_monai.zoo.utils import VERSION_RE, ZooError, json_style, write_atomic
 
 __all__ = ["PARTS", "next_version", "bump"]
 
@@ -29,18 +29,6 @@ def next_version(version: str, part: str) -> str:
     raise ValueError(f"part must be one of {PARTS}, got {part!r}.")
 
 
-def _json_style(text: str) -> dict:
-    """``json.dumps`` arguments reproducing a file's style: its indent, ASCII escapes, trailing newline."""
-    indent = None
-    for line in text.splitlines()[1:]:
-        stripped = line.lstrip(" \t")
-        if stripped and len(stripped) < len(line):
-            indent = line[: len(line) - len(stripped)]
-            indent = len(indent) if set(indent) == {" "} else indent
-            break
-    return {"indent": indent, "ensure_ascii": "\\u" in text or all(ord(c) < 128 for c in text)}
-
-
 def bump(bundle: str | os.PathLike, part: str, message: str) -> str:
     """Raise the bundle's version (``patch``, ``minor`` or ``major``) in ``configs/metadata.json`` and add the
     changelog entry ``message`` first (the model zoo lists the newest first); returns the new version."""
@@ -49,7 +37,7 @@ def bump(bundle: str | os.PathLike, part: str, message: str) -> str:
         raise ZooError(f"{path}: a changelog message is needed for the new version.")
     meta = read_metadata(bundle)
     text = path.read_text()
-    style = _json_style(text)
+    style = json_style(text)
     new = next_version(meta["version"], part)
     changelog = meta.get("changelog", {})
     if not isinstance(changelog, dict):
