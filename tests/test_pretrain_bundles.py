@@ -91,15 +91,22 @@ def test_train_evaluate_inference(tmp_path, name):
     assert {"checkpoint_epoch=2.pt", "model.pt", "encoder.pt"} <= {p.name for p in models.iterdir()}
     assert list(out.glob("events.out.tfevents.*")), "no TensorBoard events"
     if name.endswith("3d"):  # one MLflow run in the local SQLite store with every loss term and metric
-        import mlflow
+        from mlflow.tracking import MlflowClient  # a client of its own: mlflow.set_tracking_uri would leave the
+        # process's MLFLOW_TRACKING_URI pointing here, and every later MLFlowHandler would log into this store
 
-        mlflow.set_tracking_uri(f"sqlite:///{out / 'mlruns.db'}")
-        runs = mlflow.search_runs(experiment_names=[name])
+        client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         assert len(runs) == 1
-        assert {"metrics.train_loss", "metrics.train_rmse", "metrics.train_con", "metrics.val_rmse"} <= set(
-            runs.columns
-        )
-        assert {"metrics.val_r2_low", "metrics.val_r2_mid", "metrics.val_r2_high"} <= set(runs.columns)
+        logged = set(runs[0].data.metrics)
+        assert {
+            "train_loss",
+            "train_rmse",
+            "train_con",
+            "val_rmse",
+            "val_r2_low",
+            "val_r2_mid",
+            "val_r2_high",
+        } <= logged
     preview = out / "previews" / "preview_epoch_2.png"
     assert preview.is_file() and preview.stat().st_size > 1000
     encoder = torch.load(models / "encoder.pt", map_location="cpu", weights_only=True)
