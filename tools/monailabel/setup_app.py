@@ -96,7 +96,8 @@ def create_venv(venv: str | os.PathLike, repo: Path = REPO, python: str = sys.ex
         raise ValueError(f"keep the MONAI Label venv out of the system temporary folder: {venv}")
     if not venv_python(venv).is_file():
         subprocess.run([python, "-m", "venv", str(venv)], check=True, cwd=repo)
-    pip = [str(venv_python(venv)), "-m", "pip", "install", *(["-q"] if quiet else [])]
+    # --no-compile: byte-compiling the 8 GB of packages costs minutes; Python compiles what it imports, once
+    pip = [str(venv_python(venv)), "-m", "pip", "install", "--no-compile", *(["-q"] if quiet else [])]
     cmd = pip + ["-r", str(REQUIREMENTS), "-c", str(CONSTRAINTS), "-e", str(repo)]
     out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if quiet else {}
     subprocess.run(cmd, check=True, cwd=repo, text=True, **out)
