@@ -246,17 +246,21 @@ def end_mlflow_run(tracking_uri: str, experiment_name: str | None, run_name: str
     Nothing happens when the tracking store does not exist (the run failed before MLflow started)."""
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).is_file():
         return
-    try:
-        from mlflow.tracking import MlflowClient
+    for attempt in range(3):  # SQLite answers "database is locked" while another writer holds it: retry
+        try:
+            from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = client.get_experiment_by_name(experiment_name or "Default")
-        if experiment is None:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            experiment = client.get_experiment_by_name(experiment_name or "Default")
+            if experiment is None:
+                return
+            running = f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
+            runs = client.search_runs([experiment.experiment_id], filter_string=running)
+            for run in runs:
+                client.set_terminated(run.info.run_id, status)
+                logger.warning(f"MLflow run '{run_name}' ({run.info.run_id}) ended as {status}")
             return
-        running = f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"
-        runs = client.search_runs([experiment.experiment_id], filter_string=running)
-        for run in runs:
-            client.set_terminated(run.info.run_id, status)
-            logger.warning(f"MLflow run '{run_name}' ({run.info.run_id}) ended as {status}")
-    except Exception as e:  # the report of a failure must not fail itself
-        logger.warning(f"could not end MLflow run '{run_name}' in {tracking_uri} as {status}: {e}")
+        except Exception as e:  # the report of a failure must not fail itself
+            tried = f"({attempt + 1}/3)"
+            logger.warning(f"could not end MLflow run '{run_name}' in {tracking_uri} as {status} {tried}: {e}")
+            time.sleep(1.0)

@@ -328,7 +328,7 @@ def sigterm_ends_the_mlflow_run_killed(tmp_path):
     text, _ = proc.communicate(timeout=120)
     newest = epoch_checkpoints(root / "models")
     assert newest and checkpoint_problem(newest[0], deep=True) is None
-    assert set(mlflow_statuses(root).values()) == {"KILLED"}
+    assert set(mlflow_statuses(root).values()) == {"KILLED"}, text[-3000:]
     assert not lock_path(root / "models").exists()
     return Outcome(text, ["SIGTERM"], proc.returncode)
 
