@@ -75,14 +75,15 @@ def filter_bank(x: torch.Tensor, transfer_functions: Sequence[torch.Tensor]) -> 
     Args:
         x: real images, 2 or 3 spatial dims.
         transfer_functions: ``K`` tensors in the ``rfftn`` layout of ``x``'s spatial shape (``real=True``
-            grids of this module).
+            grids of this module), or one ``(K, *half_spectrum)`` tensor of them.
 
     Returns:
         ``(K, B, C, *spatial)`` float32 tensor (float64 for float64 input): one forward ``rfftn`` and one
         batched ``irfftn``.
     """
     spatial = tuple(x.shape[2:])
-    filters = torch.stack(list(transfer_functions)).view(len(transfer_functions), 1, 1, *transfer_functions[0].shape)
+    bank = transfer_functions if isinstance(transfer_functions, torch.Tensor) else torch.stack(list(transfer_functions))
+    filters = bank.view(len(bank), 1, 1, *bank.shape[1:])
     x = x if x.dtype == torch.float64 else x.float()
     spectrum = torch.fft.rfftn(x, dim=tuple(range(2, x.ndim)))
     return torch.fft.irfftn(spectrum[None] * filters, s=spatial, dim=tuple(range(3, x.ndim + 1)))

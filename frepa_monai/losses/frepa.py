@@ -8,11 +8,13 @@ reduced over the batch by ``reduction`` (``"mean"``, ``"sum"`` or ``"none"``), a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch.nn.modules.loss import _Loss
 
 from frepa_monai.frequency import filter_bank, gaussian_highpass
+from frepa_monai.profiling import phase
 
 __all__ = [
     "MaskedRMSELoss",
@@ -21,6 +23,9 @@ __all__ = [
     "FocalFrequencyLoss",
     "EmbeddingConsistencyLoss",
     "FrepaLoss",
+    "masked_rmse",
+    "gradient_l1",
+    "hierarchical_frequency_l1",
 ]
 
 
@@ -44,6 +49,45 @@ class _ImageLoss(_Loss):
         raise ValueError(f'Unsupported reduction: {self.reduction}, available options are ["mean", "sum", "none"].')
 
 
+def masked_rmse(error: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image RMSE ``(B,)`` of ``error = input - target`` ``(B, C, *spatial)`` over the ``mask``-ed pixels.
+
+    ``mask`` ``(B, 1 or C, *spatial)`` bool or {0, 1}; ``None`` means every pixel. A one-channel mask is
+    applied to the channel sum of the squared error (the same value, one channel of products).
+    """
+    sq = error.square()
+    if mask is None:
+        return _safe_sqrt(sq.flatten(1).mean(dim=1))
+    weight = mask.to(sq.dtype)
+    if weight.shape[1] == 1 and sq.shape[1] > 1:
+        count = weight.flatten(1).sum(dim=1) * sq.shape[1]
+        sq = sq.sum(dim=1, keepdim=True)
+    else:
+        weight = weight.expand_as(sq)
+        count = weight.flatten(1).sum(dim=1)
+    return _safe_sqrt((sq * weight).flatten(1).sum(dim=1) / count.clamp_min(1.0))
+
+
+def gradient_l1(error: torch.Tensor) -> torch.Tensor:
+    """Per-image gradient loss ``(B,)`` of ``error = input - target`` (the finite difference is linear)."""
+    axes = tuple(range(1, error.ndim))
+    per_axis = [error.diff(dim=a).abs().mean(dim=axes) for a in range(2, error.ndim)]
+    return torch.stack(per_axis).mean(0)
+
+
+@lru_cache(maxsize=16)
+def _highpass_bank(spatial: tuple[int, ...], cutoff_ratios: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The ``K`` Gaussian high-pass filters of :func:`hierarchical_frequency_l1`, ``(K, *half_spectrum)`` (cached)."""
+    return torch.stack([gaussian_highpass(spatial, c * min(spatial), real=True, device=device) for c in cutoff_ratios])
+
+
+def hierarchical_frequency_l1(error: torch.Tensor, cutoff_ratios: Sequence[float]) -> torch.Tensor:
+    """Per-image HFL ``(B,)`` of ``error = input - target``: ``mean_k mean |O_k(error)|`` (the filters are linear)."""
+    filters = _highpass_bank(tuple(error.shape[2:]), tuple(cutoff_ratios), error.device)
+    filtered = filter_bank(error, filters)  # (K, B, C, *spatial)
+    return filtered.abs().mean(dim=(0, *range(2, filtered.ndim))).to(error.dtype)
+
+
 class MaskedRMSELoss(_ImageLoss):
     """Root mean squared error per image over the masked pixels (Eq. 7).
 
@@ -60,14 +104,7 @@ class MaskedRMSELoss(_ImageLoss):
             mask: ``(B, 1 or C, *spatial)`` bool or {0, 1}; ``None`` means every pixel.
         """
         _check_pair(input, target, type(self).__name__)
-        sq = (input - target).square()
-        axes = tuple(range(1, input.ndim))
-        if mask is None:
-            mse = sq.mean(dim=axes)
-        else:
-            weight = mask.to(sq.dtype).expand_as(sq)
-            mse = (sq * weight).sum(dim=axes) / weight.sum(dim=axes).clamp_min(1.0)
-        return self._reduce(_safe_sqrt(mse))
+        return self._reduce(masked_rmse(input - target, mask))
 
 
 def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -83,10 +120,7 @@ class GradientLoss(_ImageLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_pair(input, target, type(self).__name__)
-        error = input - target  # the finite difference is linear
-        axes = tuple(range(1, input.ndim))
-        per_axis = [error.diff(dim=a).abs().mean(dim=axes) for a in range(2, input.ndim)]
-        return self._reduce(torch.stack(per_axis).mean(0))
+        return self._reduce(gradient_l1(input - target))
 
 
 class HierarchicalFrequencyLoss(_ImageLoss):
@@ -109,13 +143,7 @@ class HierarchicalFrequencyLoss(_ImageLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_pair(input, target, type(self).__name__)
-        spatial = tuple(input.shape[2:])
-        highpass = [
-            gaussian_highpass(spatial, c * min(spatial), real=True, device=input.device) for c in self.cutoff_ratios
-        ]
-        filtered = filter_bank(input - target, highpass)  # (K, B, C, *spatial): the filters are linear
-        per_image = filtered.abs().mean(dim=(0, *range(2, filtered.ndim)))
-        return self._reduce(per_image.to(input.dtype))
+        return self._reduce(hierarchical_frequency_l1(input - target, self.cutoff_ratios))
 
 
 class FocalFrequencyLoss(_ImageLoss):
@@ -208,7 +236,7 @@ class FrepaLoss(torch.nn.Module):
 
     def forward(
         self,
-        recons: Sequence[torch.Tensor],
+        recons: Sequence[torch.Tensor] | torch.Tensor,
         target: torch.Tensor,
         masks: Sequence[torch.Tensor | None] | None = None,
         embeddings: Sequence[torch.Tensor] | None = None,
@@ -216,26 +244,41 @@ class FrepaLoss(torch.nn.Module):
     ) -> dict[str, torch.Tensor]:
         """
         Args:
-            recons: the reconstruction of every view, each ``(B, C, *spatial)``.
+            recons: the reconstruction of every view, each ``(B, C, *spatial)``, or one ``(V B, C, *spatial)``
+                tensor holding the ``V`` views one after the other along the batch (the autoencoder's output on
+                the stacked views; a tensor of ``target``'s batch size is one view).
             target: the raw image ``(B, C, *spatial)``.
             masks: per view the pixel mask of :class:`~frepa_monai.transforms.FrepaCorruptd` (or ``None``).
             embeddings: the encoder embeddings of the first two views, ``(B, F, *grid)`` each.
             epoch: the current 1-based epoch.
+
+        The reconstruction terms are computed once, on the error of all views stacked along the batch: the mean
+        over the ``V B`` images is the mean over views of each view's batch mean.
         """
-        if isinstance(recons, torch.Tensor):
-            recons = [recons]
-        masks = [None] * len(recons) if masks is None else list(masks)
-        if len(masks) != len(recons):
-            raise ValueError(f"FrepaLoss: {len(recons)} reconstructions but {len(masks)} masks.")
+        recon = recons if isinstance(recons, torch.Tensor) else torch.cat(list(recons))
+        batch = target.shape[0]
+        if recon.ndim not in (4, 5) or recon.shape[0] % batch or recon.shape[1:] != target.shape[1:]:
+            raise ValueError(
+                f"FrepaLoss: the reconstruction shape {tuple(recon.shape)} differs from target shape "
+                f"{tuple(target.shape)} (or from V of its views stacked along the batch, in 2 or 3 spatial dims)."
+            )
+        n_views = recon.shape[0] // batch
+        masks = [None] * n_views if masks is None else list(masks)
+        if len(masks) != n_views:
+            raise ValueError(f"FrepaLoss: {n_views} reconstructions but {len(masks)} masks.")
+        # (V B, C, *spatial): every view's error against the raw image, one subtraction
+        error = (recon.view(n_views, *target.shape) - target[None]).view(recon.shape)
         zero = target.new_zeros(())
-        terms = {
-            "rmse": torch.stack([self.rmse(r, target, m) for r, m in zip(recons, masks)]).mean(),
-            "grad": torch.stack([self.grad(r, target) for r in recons]).mean() if self.use_grad else zero,
-            "hfl": torch.stack([self.hfl(r, target) for r in recons]).mean() if self.use_hfl else zero,
-            "con": zero,
-        }
+        with phase("loss_rmse"):
+            rmse = _views_rmse(error, masks, batch)
+        with phase("loss_grad"):
+            grad = gradient_l1(error).mean() if self.use_grad else zero
+        with phase("loss_hfl"):
+            hfl = hierarchical_frequency_l1(error, self.hfl.cutoff_ratios).mean() if self.use_hfl else zero
+        terms = {"rmse": rmse, "grad": grad, "hfl": hfl, "con": zero}
         if embeddings is not None and len(embeddings) >= 2 and self.consistency_active(epoch):
-            terms["con"] = self.con(embeddings[0], embeddings[1])
+            with phase("loss_con"):
+                terms["con"] = self.con(embeddings[0], embeddings[1])
         total = (
             terms["rmse"]
             + self.lambda_grad * terms["grad"]
@@ -243,3 +286,12 @@ class FrepaLoss(torch.nn.Module):
             + self.lambda_con * terms["con"]
         )
         return {"loss": total, **terms}
+
+
+def _views_rmse(error: torch.Tensor, masks: list[torch.Tensor | None], batch: int) -> torch.Tensor:
+    """Mean masked RMSE of the stacked views' ``error`` ``(V B, C, *spatial)``; a view's ``None`` mask is all pixels."""
+    if all(m is None for m in masks):
+        return masked_rmse(error).mean()
+    channels = max(m.shape[1] for m in masks if m is not None)
+    full = error.new_ones((batch, channels, *error.shape[2:]), dtype=torch.bool)
+    return masked_rmse(error, torch.cat([full if m is None else m.bool().expand_as(full) for m in masks])).mean()

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from frepa_monai.losses import FrepaLoss
+from frepa_monai.profiling import phase
 from frepa_monai.strategies.base import PretrainStrategy, StrategyOutput, network_input
 from frepa_monai.transforms import FrepaCorrupt
 
@@ -81,16 +82,19 @@ class FrepaStrategy(PretrainStrategy):
     def __call__(
         self, network: nn.Module, images: torch.Tensor, epoch: int, hessian: torch.Tensor | None = None
     ) -> StrategyOutput:
-        hessian = self.hessian_of(images, hessian)
-        views = self.corrupt(images)
-        # all views in one forward pass: one call through the network (and through DDP, which needs that)
-        inputs = torch.cat([network_input(view, hessian) for view in views.views])
-        recon, embedding = network(inputs, return_embedding=True)
-        recons, embeddings = recon.chunk(self.views), embedding.chunk(self.views)
-        terms = self.loss(recons, images, views.masks, embeddings, epoch=epoch)
+        with phase("hessian"):
+            hessian = self.hessian_of(images, hessian)
+        with phase("corruption"):
+            views = self.corrupt(images)
+            # all views in one forward pass: one call through the network (and through DDP, which needs that)
+            inputs = torch.cat([network_input(view, hessian) for view in views.views])
+        with phase("forward"):
+            recon, embedding = network(inputs, return_embedding=True)  # (V B, C, *spatial), (V B, F, *grid)
+        embeddings = embedding.chunk(self.views)
+        terms = self.loss(recon, images, views.masks, embeddings, epoch=epoch)  # the views stacked along the batch
         return StrategyOutput(
             loss=terms["loss"],
             corrupted=views.views[0],
-            recon=recons[0],
+            recon=recon[: images.shape[0]],
             terms={k: v.detach() for k, v in terms.items()},
         )

@@ -20,6 +20,7 @@ from monai.utils import ensure_tuple_rep
 
 from frepa_monai.losses import MaskedPatchMSELoss, patch_to_pixel_mask
 from frepa_monai.networks.encoders import ViTEncoder
+from frepa_monai.profiling import phase
 from frepa_monai.strategies.base import PretrainStrategy, StrategyOutput, network_input, unwrap
 
 __all__ = ["random_patch_mask", "MAEStrategy"]
@@ -113,21 +114,25 @@ class MAEStrategy(PretrainStrategy):
     def __call__(
         self, network: nn.Module, images: torch.Tensor, epoch: int, hessian: torch.Tensor | None = None
     ) -> StrategyOutput:
-        hessian = self.hessian_of(images, hessian)
-        generator = self.draw_generator(images.device)
-        encoder = unwrap(network).encoder
-        patch = self.patch_size_for(encoder)
-        masked, visible = self.draw_mask(images, patch, generator)
-        pixel_mask = patch_to_pixel_mask(masked, patch, images.shape[2:])  # (B, 1, *spatial)
-        corrupted = images.masked_fill(pixel_mask, 0.0)
-        if isinstance(encoder, ViTEncoder):
-            if visible.shape[1] == 0:
-                raise ValueError(f"mask_ratio {self.mask_ratio} masks every one of the {masked[0].numel()} tokens.")
-            # masked tokens are dropped inside the encoder; one call through the (DDP) wrapper's forward
-            recon = network(network_input(images, hessian), visible=visible)
-        else:
-            recon = network(network_input(corrupted, hessian))
-        mse = MaskedPatchMSELoss(patch, self.norm_pix_loss)(recon, images, masked)
+        with phase("hessian"):
+            hessian = self.hessian_of(images, hessian)
+        with phase("corruption"):
+            generator = self.draw_generator(images.device)
+            encoder = unwrap(network).encoder
+            patch = self.patch_size_for(encoder)
+            masked, visible = self.draw_mask(images, patch, generator)
+            pixel_mask = patch_to_pixel_mask(masked, patch, images.shape[2:])  # (B, 1, *spatial)
+            corrupted = images.masked_fill(pixel_mask, 0.0)
+        with phase("forward"):
+            if isinstance(encoder, ViTEncoder):
+                if visible.shape[1] == 0:
+                    raise ValueError(f"mask_ratio {self.mask_ratio} masks every one of the {masked[0].numel()} tokens.")
+                # masked tokens are dropped inside the encoder; one call through the (DDP) wrapper's forward
+                recon = network(network_input(images, hessian), visible=visible)
+            else:
+                recon = network(network_input(corrupted, hessian))
+        with phase("loss_mse"):
+            mse = MaskedPatchMSELoss(patch, self.norm_pix_loss)(recon, images, masked)
         return StrategyOutput(
             loss=mse, corrupted=corrupted, recon=recon, terms={"mse": mse.detach(), "loss": mse.detach()}
         )

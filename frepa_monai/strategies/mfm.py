@@ -13,6 +13,7 @@ import torch.nn as nn
 from frepa_monai.frequency import squared_frequency_distance
 from frepa_monai.losses import MaskedFrequencyL1Loss
 from frepa_monai.losses.baselines import spatial_axes
+from frepa_monai.profiling import phase
 from frepa_monai.strategies.base import PretrainStrategy, StrategyOutput, network_input
 
 __all__ = ["circular_frequency_mask", "MFMStrategy"]
@@ -107,12 +108,16 @@ class MFMStrategy(PretrainStrategy):
     def __call__(
         self, network: nn.Module, images: torch.Tensor, epoch: int, hessian: torch.Tensor | None = None
     ) -> StrategyOutput:
-        hessian = self.hessian_of(images, hessian)
-        generator = self.draw_generator(images.device)
-        masked = self.draw_mask(images, generator)
-        corrupted = self.corrupt(images, masked)
-        recon = network(network_input(corrupted, hessian))
-        freq_l1 = self.loss(recon, images, masked)
+        with phase("hessian"):
+            hessian = self.hessian_of(images, hessian)
+        with phase("corruption"):
+            generator = self.draw_generator(images.device)
+            masked = self.draw_mask(images, generator)
+            corrupted = self.corrupt(images, masked)
+        with phase("forward"):
+            recon = network(network_input(corrupted, hessian))
+        with phase("loss_freq_l1"):
+            freq_l1 = self.loss(recon, images, masked)
         return StrategyOutput(
             loss=freq_l1,
             corrupted=corrupted,
