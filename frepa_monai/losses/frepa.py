@@ -266,8 +266,9 @@ class FrepaLoss(torch.nn.Module):
         masks = [None] * n_views if masks is None else list(masks)
         if len(masks) != n_views:
             raise ValueError(f"FrepaLoss: {n_views} reconstructions but {len(masks)} masks.")
-        # (V B, C, *spatial): every view's error against the raw image, one subtraction
-        error = (recon.view(n_views, *target.shape) - target[None]).view(recon.shape)
+        # (V B, C, *spatial): every view's error against the raw image, one subtraction, in float32 (under AMP
+        # the reconstruction is float16, whose sums over an image's pixels would overflow)
+        error = (recon.float().view(n_views, *target.shape) - target.float()[None]).view(recon.shape)
         zero = target.new_zeros(())
         with phase("loss_rmse"):
             rmse = _views_rmse(error, masks, batch)

@@ -35,6 +35,7 @@ from frepa_monai.networks.factory import (
     build_task_network,
     build_whole_network,
     network_from_checkpoint,
+    to_device,
 )
 from frepa_monai.networks.frequency_disentangled import FrequencyDisentangledNet, frequency_split
 from frepa_monai.networks.heads import (
@@ -48,6 +49,7 @@ from frepa_monai.networks.slice_transformer import SliceTransformer, sinusoidal_
 __all__ = [
     "BuildRecord",
     "network_from_checkpoint",
+    "to_device",
     "read_build_config",
     "record_build",
     "CheckpointError",
