@@ -354,40 +354,49 @@ class HistogramEqualizedMask(TorchSeeded):
         ps = self.patch_size_at(spatial)
         grid = [math.ceil(s / ps) for s in spatial]
         pad = [v for p, s in zip(reversed(grid), reversed(spatial)) for v in (0, p * ps - s)]
-        out = F.pad(x, pad) if any(pad) else x.clone()  # a copy to write the noise into
         n_patches = math.prod(grid)
         n_masked = int(round(self.mask_ratio * n_patches))
         scores = torch.rand((batch, n_patches), generator=generator, device=x.device)
-        chosen = scores.topk(n_masked, dim=1).indices  # (B, k) patch indices in C order
-        # advanced indices (image, patch row, patch column, ...) separated by slices over the channels and the
-        # pixels of a patch pick the chosen patches straight from the (B, C, P1, ps, P2, ps, ...) view:
-        # (B, k, C, ps, ps, ...), without moving the rest of the image
-        index = (torch.arange(batch, device=x.device)[:, None], slice(None))
-        for patch_axis in torch.unravel_index(chosen, grid):
-            index += (patch_axis, slice(None))
-        tiled = out.view(batch, channels, *[n for p in grid for n in (p, ps)])
+        chosen = scores.topk(n_masked, dim=1).indices  # (B, k) patch indices in C order of the grid
+        patches = _patchify(F.pad(x, pad) if any(pad) else x, grid, ps)  # (B, N, C, ps^nd), a copy to write into
+        images = torch.arange(batch, device=x.device)[:, None]
         if self.fill == "zero":
-            tiled[index] = 0.0
+            patches[images, chosen] = 0.0
         else:
-            picked = tiled[index].reshape(batch, n_masked, channels, ps**nd)
+            picked = patches[images, chosen]  # (B, k, C, ps^nd)
             valid = None
             if any(pad):  # partial edge patches: their moments use the real pixels only
                 ones = F.pad(torch.ones((1, 1, *spatial), device=x.device, dtype=x.dtype), pad)
-                ones = ones.expand(batch, -1, *ones.shape[2:]).view(batch, 1, *tiled.shape[2:])
-                valid = ones[index].reshape(batch, n_masked, 1, ps**nd)
+                valid = _patchify(ones, grid, ps)[0][chosen]  # (B, k, 1, ps^nd)
             mean, std = _patch_moments(picked, valid)
             # one noise draw per patch, shared by the channels (as in FrequencyDualMask): a grey image repeated to
             # RGB stays grey; each channel still gets its own mean and standard deviation
             noise = standard_normal((batch, n_masked, 1, ps**nd), generator, x.device, x.dtype)
             noise_mean, noise_std = _patch_moments(noise, valid, centred=False)
             scale = std / noise_std.clamp_min(1e-12)
-            fill = torch.addcmul(mean - noise_mean * scale, noise, scale)  # exactly the patch's mean and std
-            tiled[index] = fill.view(batch, n_masked, channels, *[ps] * nd)
-        masked = torch.zeros((batch, n_patches), dtype=torch.bool, device=x.device).scatter_(1, chosen, True)
-        masked = masked.view(batch, 1, *[n for p in grid for n in (p, 1)])
-        mask = masked.expand(batch, 1, *[n for p in grid for n in (p, ps)]).reshape(batch, 1, *out.shape[2:])
+            patches[images, chosen] = torch.addcmul(mean - noise_mean * scale, noise, scale)  # the patch's moments
+        masked = torch.zeros((batch, n_patches, 1, 1), dtype=x.dtype, device=x.device)
+        masked[images, chosen] = 1.0
+        out = _unpatchify(patches, grid, ps)
+        mask = _unpatchify(masked.expand(-1, -1, -1, ps**nd), grid, ps).bool()
         crop = (slice(None), slice(None), *[slice(0, s) for s in spatial])
         return out[crop], mask[crop]
+
+
+def _patchify(x: torch.Tensor, grid: Sequence[int], ps: int) -> torch.Tensor:
+    """``(B, C, *[g * ps for g in grid])`` -> ``(B, N, C, ps^nd)``, the patches in C order of the grid (a copy)."""
+    nd = len(grid)
+    tiled = x.view(*x.shape[:2], *[n for g in grid for n in (g, ps)])  # (B, C, G1, ps, G2, ps, ...)
+    order = (0, *range(2, 2 + 2 * nd, 2), 1, *range(3, 3 + 2 * nd, 2))  # (B, G1, G2, ..., C, ps, ps, ...)
+    return tiled.permute(order).reshape(x.shape[0], math.prod(grid), x.shape[1], ps**nd)
+
+
+def _unpatchify(patches: torch.Tensor, grid: Sequence[int], ps: int) -> torch.Tensor:
+    """The inverse of :func:`_patchify`: ``(B, N, C, ps^nd)`` -> ``(B, C, *[g * ps for g in grid])``."""
+    nd, (batch, _, channels, _) = len(grid), patches.shape
+    tiled = patches.reshape(batch, *grid, channels, *[ps] * nd)  # (B, G1, G2, ..., C, ps, ps, ...)
+    order = (0, nd + 1, *[a for i in range(nd) for a in (1 + i, nd + 2 + i)])  # (B, C, G1, ps, G2, ps, ...)
+    return tiled.permute(order).reshape(batch, channels, *[g * ps for g in grid])
 
 
 def _patch_moments(
