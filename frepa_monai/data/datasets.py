@@ -17,6 +17,8 @@ from monai.data.utils import SUPPORTED_PICKLE_MOD, pickle_hashing
 from monai.utils import convert_to_tensor, look_up_option, optional_import
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 __all__ = ["CacheDataset", "PersistentDataset", "pretrain_dataset", "source_aware_hash", "DATASET_KINDS"]
 
@@ -103,6 +105,7 @@ class PersistentDataset(monai.data.PersistentDataset):
                     pickle_module=look_up_option(self.pickle_module, SUPPORTED_PICKLE_MOD),
                     pickle_protocol=self.pickle_protocol,
                 )
+            os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes it private; a cache file is as any other file
             os.replace(temp, hashfile)
         finally:
             if os.path.exists(temp):
