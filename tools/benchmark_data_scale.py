@@ -133,6 +133,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads and cache-filling threads per run")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config overrides for every run")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (default: <workdir>/scale.json)")
+    ap.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="a PNG of memory and samples/s against size, e.g. docs/performance/data_memory.png",
+    )
     ap.add_argument("--run", help=argparse.SUPPRESS)  # internal: one run, in a fresh process
     args = ap.parse_args()
     if args.run:
@@ -190,6 +196,37 @@ def main() -> None:
     out = args.json or args.workdir / "scale.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"results: {out}")
+    if args.plot:
+        plot(results, args.plot)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Data RSS and samples/s against the data set's size, per bundle and cache (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for bundle in BUNDLE.values():
+        for cache in ("memory", "persistent"):
+            rows = sorted(
+                (r for r in results if r["bundle"] == bundle and r["cache"] == cache), key=lambda r: r["size"]
+            )
+            if not rows:
+                continue
+            label = f"{bundle.removeprefix('frepa_pretrain_')} {cache}"
+            sizes = [r["size"] for r in rows]
+            axes[0].plot(sizes, [max(r["data_rss_mb"], 1.0) for r in rows], "o-", label=label)
+            axes[1].plot(sizes, [r["samples_per_s"] for r in rows], "o-", label=label)
+    for ax, title in zip(axes, ("RSS growth (MiB)", "samples/s (later epochs)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("data set size (images or volumes)")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
