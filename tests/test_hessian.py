@@ -49,3 +49,14 @@ class TestHessianFilter:
         assert d["image"].shape == (4, 32, 32)
         d = HessianFilterd(keys="image")({"image": torch.rand(1, 16, 16, 16)})
         assert d["image_hessian"].shape == (1, 16, 16, 16)
+
+
+def test_autocast_does_not_lower_the_precision_of_the_channel(fundus):
+    """The strategy computes the channel inside the (AMP) step: under autocast it stays the float32 channel (the
+    second differences of a bfloat16 smoothing would keep about 2 of its 8 significant bits)."""
+    image = fundus[0][None]
+    expected = HessianFilter(spatial_dims=2)(image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = HessianFilter(spatial_dims=2)(image)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

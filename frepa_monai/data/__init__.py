@@ -43,11 +43,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from frepa_monai.data.checks import INPUT_SUFFIXES, InputCheck, check_datalist, check_image, check_inputs
-from frepa_monai.data.datasets import CacheDataset
+from frepa_monai.data.datasets import CacheDataset, PersistentDataset, pretrain_dataset
 
 __all__ = [
     "SAMPLE_DIR",
     "CacheDataset",
+    "PersistentDataset",
+    "pretrain_dataset",
     "INPUT_SUFFIXES",
     "InputCheck",
     "check_image",

@@ -63,7 +63,12 @@ class HessianFilter(Transform):
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         x, batched = as_batch(img, self.spatial_dims, type(self).__name__)
-        return restore(self.ridges(x.mean(dim=1, keepdim=True)), batched, img)
+        # float32 even under autocast (the strategy computes the channel inside the AMP step): the second
+        # differences of a half-precision smoothing would lose most of their digits
+        x = x if x.dtype == torch.float64 else x.float()
+        with torch.autocast(x.device.type, enabled=False):
+            ridges = self.ridges(x.mean(dim=1, keepdim=True))
+        return restore(ridges, batched, img)
 
     def ridges(self, x: torch.Tensor) -> torch.Tensor:
         """Ridge measure of a single-channel float batch ``(B, 1, *spatial)``, scaled to [0, 1] per image.
