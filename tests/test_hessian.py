@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from monai.metrics import compute_roc_auc
 
@@ -60,3 +61,19 @@ def test_autocast_does_not_lower_the_precision_of_the_channel(fundus):
         got = HessianFilter(spatial_dims=2)(image)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_closed_form_eigenvalues_match_eigvalsh_ordered_by_magnitude(nd):
+    from frepa_monai.transforms.hessian import _sorted_eigenvalues
+
+    torch.manual_seed(0)
+    a = torch.randn(4000, nd, nd, dtype=torch.float64)
+    sym = (a + a.transpose(1, 2)) / 2
+    sym[:500] = torch.diag_embed(torch.randn(500, nd, dtype=torch.float64).round())  # repeated and zero eigenvalues
+    fields = {(i, j): sym[:, i, j] for i in range(nd) for j in range(i, nd)}
+    got = torch.stack(_sorted_eigenvalues(fields, nd), dim=1)
+    expected = torch.linalg.eigvalsh(sym)
+    expected = expected.gather(1, expected.abs().argsort(dim=1, stable=True))
+    torch.testing.assert_close(got.abs(), expected.abs(), rtol=1e-6, atol=1e-6)  # magnitudes: ties may swap signs
+    torch.testing.assert_close(got.sum(1), expected.sum(1), rtol=1e-6, atol=1e-6)  # the trace

@@ -83,18 +83,22 @@ class HessianFilter(Transform):
         hessian = {(a, a): _second_difference(smoothed, axes[a]) for a in range(nd)}
         hessian.update({(a, b): _central_difference(first[a], axes[b]) for a in range(nd) for b in range(a + 1, nd)})
         eig = _sorted_eigenvalues(hessian, nd)  # |l1| <= |l2| (<= |l3|)
-        norm2 = sum(value.square() for value in eig)
+        norm2 = eig[0].square()
+        for value in eig[1:]:
+            norm2.addcmul_(value, value)
         c2 = (0.25 * norm2.amax(dim=axes, keepdim=True)).clamp_min(1e-20)  # c = half the largest Hessian norm
-        vesselness = 1.0 - torch.exp(-norm2 / (2 * c2))
+        # in-place chains below: one pass per operation over the (B, S, *spatial) field, no temporaries kept
+        vesselness = norm2.div_(c2.mul_(-2)).exp_().neg_().add_(1.0)  # 1 - exp(-S^2 / 2 c^2)
         tiny = 1e-20
         if nd == 2:
             l1, l2 = eig
-            vesselness *= torch.exp(-(l1.square() / l2.square().clamp_min(tiny)) / (2 * self.beta**2))
+            vesselness.mul_(l1.square().div_(l2.square().clamp_min_(tiny)).div_(-2 * self.beta**2).exp_())
             signs = [l2]
         else:  # an eigenvalue of 0 in l2 or l3 makes l1 = 0 and Ra = 0, so the measure 0: no division issue
             l1, l2, l3 = eig
-            vesselness *= 1.0 - torch.exp(-(l2.square() / l3.square().clamp_min(tiny)) / (2 * self.alpha**2))
-            vesselness *= torch.exp(-(l1.square() / (l2 * l3).abs().clamp_min(tiny)) / (2 * self.beta**2))
+            ra = l2.square().div_(l3.square().clamp_min_(tiny)).div_(-2 * self.alpha**2).exp_().neg_().add_(1.0)
+            vesselness.mul_(ra)
+            vesselness.mul_(l1.square().div_((l2 * l3).abs_().clamp_min_(tiny)).div_(-2 * self.beta**2).exp_())
             signs = [l2, l3]
         for s in signs:  # bright ridges curve down (negative eigenvalues across the ridge), dark ones up
             if self.polarity == "bright":
@@ -157,18 +161,20 @@ def _sorted_eigenvalues(h: dict[tuple[int, int], torch.Tensor], nd: int) -> tupl
         low, high = half_trace - radius, half_trace + radius
         small = torch.where(low.abs() <= high.abs(), low, high)
         return small, low + high - small
-    # symmetric 3x3 matrices, trigonometric method: e1 >= e2 >= e3
+    # symmetric 3x3 matrices, trigonometric method: e1 >= e2 >= e3. With D = A - q I and p^2 = |D|_F^2 / 6,
+    # det(D / p) = det(D) / p^3, so the scaled matrix is never formed (fewer passes over the volume)
     a11, a22, a33, a12, a13, a23 = h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2]
-    q = (a11 + a22 + a33) / 3
-    p = torch.sqrt(((a11 - q).square() + (a22 - q).square() + (a33 - q).square() + 2 * (a12**2 + a13**2 + a23**2)) / 6)
-    inv_p = torch.where(p > 1e-12, p, torch.ones_like(p)).reciprocal()
-    b11, b22, b33 = (a11 - q) * inv_p, (a22 - q) * inv_p, (a33 - q) * inv_p
-    b12, b13, b23 = a12 * inv_p, a13 * inv_p, a23 * inv_p
-    det = b11 * (b22 * b33 - b23**2) - b12 * (b12 * b33 - b23 * b13) + b13 * (b12 * b23 - b22 * b13)
-    phi = torch.acos((det / 2).clamp(-1.0, 1.0)) / 3
-    e1 = q + 2 * p * torch.cos(phi)
-    e3 = q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
-    e2 = 3 * q - e1 - e3
+    q = (a11 + a22).add_(a33).div_(3)
+    d11, d22, d33 = a11 - q, a22 - q, a33 - q
+    off = a12.square().addcmul_(a13, a13).addcmul_(a23, a23)
+    p = d11.square().addcmul_(d22, d22).addcmul_(d33, d33).add_(off, alpha=2).div_(6).sqrt_()
+    det = d11 * (d22 * d33 - a23.square())
+    det.sub_(a12 * (a12 * d33 - a23 * a13)).add_(a13 * (a12 * a23 - d22 * a13))
+    det.div_(torch.where(p > 1e-12, p, torch.ones_like(p)).pow(3))
+    phi = det.div_(2).clamp_(-1.0, 1.0).acos_().div_(3)
+    e1 = torch.cos(phi).mul_(2 * p).add_(q)
+    e3 = phi.add_(2 * math.pi / 3).cos_().mul_(2 * p).add_(q)
+    e2 = (3 * q).sub_(e1).sub_(e3)
     # the largest magnitude is at an end of the value order; then order the other two
     l3 = torch.where(e1.abs() >= e3.abs(), e1, e3)
     other = e1 + e3 - l3
