@@ -49,7 +49,7 @@ BUNDLES = {2: "frepa_pretrain_2d", 3: "frepa_pretrain_3d"}
 MiB = 2**20
 PEAK_TAG = "GPU_CHECK_PEAK_MIB"
 # default seconds per part; the whole check also stops starting parts at --total-budget
-BUDGETS = {"steps": 80.0, "compile": 180.0, "pipeline": 50.0, "bundles": 120.0}
+BUDGETS = {"steps": 80.0, "compile": 180.0, "pipeline": 60.0, "bundles": 120.0}
 
 
 def _error(exc: BaseException) -> str:
@@ -232,11 +232,15 @@ def pipeline_command(bundle: str, workers: int, step_ms: float | None, tiny: boo
     cmd = [sys.executable, str(REPO / "tools" / "benchmark_pipeline.py"), "--bundles", bundle]
     if tiny:
         cmd += ["--presets", "cpu", "--workers", "0", "--batches", "2", "--steps", "1"]
+        if "--places" in help_text:
+            cmd += ["--places", "step"]
         if "--set" in help_text:
             size = "cpu_settings#image_size=[32,32]" if bundle.endswith("2d") else "cpu_settings#patch_size=[32,32,32]"
             cmd += ["--set", size]
     else:
         cmd += ["--presets", "gpu", "--workers", str(workers)]
+        if "--gpu-batches" in help_text:
+            cmd += ["--gpu-batches", "2"]
         if step_ms is not None and "--gpu-step-ms" in help_text:
             cmd += ["--gpu-step-ms", f"{step_ms:.1f}"]
     return cmd
@@ -271,10 +275,9 @@ def run_pipeline(args, preset, steps: list[dict], budget: float) -> list[dict]:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=_env(), cwd=REPO)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("pipeline / step", "workers to feed"))]
             record.update(rc=proc.returncode, lines=lines, wall_s=time.perf_counter() - t0)
-            rates = [float(m.group(1)) for ln in lines if (m := re.search(r":\s*([0-9.]+)", ln))]
             record["status"] = "ok" if proc.returncode == 0 and lines else "error"
-            if rates:
-                record["value"] = rates[-1]
+            found = (re.match(r"(.*):\s*([0-9.]+)", ln) for ln in lines)
+            record["values"] = {m.group(1): float(m.group(2)) for m in found if m}
             if record["status"] == "error":
                 record["error"] = (proc.stderr.strip().splitlines() or ["no result line printed"])[-1][:500]
         except subprocess.TimeoutExpired:
