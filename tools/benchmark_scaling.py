@@ -288,6 +288,8 @@ def summarize(records: list[dict], budget_gib: float, extrapolate: dict | None =
                 entry["time_exponent"] = fit_power_law([r["pixels"] for r in ok], [r["time_ms"] for r in ok])[0]
                 entry["memory_exponent"] = fit_power_law([r["pixels"] for r in ok], [memory_of(r) for r in ok])[0]
             fit = local_fit(ok)
+            if fit is not None:
+                entry["local_memory_exponent"] = fit[0]  # through the two largest sizes: what the extrapolation uses
             base = ok[-1].get("rss_before_mib", 0.0) if ok and "cuda_peak_mib" not in ok[-1] else 0.0
             not_run = [r["size"] for r in rows if r["status"] != "ok"]
             further = [n for n in extrapolate.get(dims, []) if not ok or n > ok[-1]["size"]]
@@ -323,7 +325,9 @@ def print_summary(summary: list[dict], budget_gib: float, log=print) -> None:
         extra = ", ".join(f"{k}^{s['dims']}: {v / 1024:.1f} GiB" for k, v in s["extrapolated_mib"].items())
         te_s = f"{te:.2f}" if te is not None else "n/a"
         me_s = f"{me:.2f}" if me is not None else "n/a"
-        log(f"{s['dims']}D {s['strategy']:6s} time ~ n^{te_s}  memory ~ n^{me_s}  {where}")
+        le = s.get("local_memory_exponent")
+        le_s = f" (largest two: n^{le:.2f})" if le is not None else ""
+        log(f"{s['dims']}D {s['strategy']:6s} time ~ n^{te_s}  memory ~ n^{me_s}{le_s}  {where}")
         if extra:
             log(f"    extrapolated (not run): {extra}")
 
@@ -433,11 +437,25 @@ def parse_args(argv=None):
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "performance" / "scaling.json")
     parser.add_argument("--plots-dir", type=Path, default=REPO / "docs" / "performance")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--replot", type=Path, help="summary and plots of this JSON's points, nothing measured")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        summary = summarize(
+            result["points"], result["memory_budget_gib"], {2: args.extrapolate_2d, 3: args.extrapolate_3d}
+        )
+        print_summary(summary, result["memory_budget_gib"])
+        result["summary"] = summary
+        args.replot.write_text(json.dumps(result, indent=1) + "\n")
+        for path in (
+            [] if args.no_plots else plot(result["points"], summary, args.plots_dir, result["memory_budget_gib"])
+        ):
+            print(f"wrote {path}")
+        return
     device = args.device
     if device == "auto":
         import torch
