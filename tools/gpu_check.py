@@ -434,7 +434,7 @@ def parse_args(argv=None):
     parser.add_argument("--iterations", type=int, default=None, help="bundle iterations (default 3, tiny 2)")
     for part, seconds in BUDGETS.items():
         parser.add_argument(f"--budget-{part}", type=float, default=seconds, help=f"seconds (default {seconds:g})")
-    parser.add_argument("--total-budget", type=float, default=450.0, help="no part starts after this (seconds)")
+    parser.add_argument("--total-budget", type=float, default=420.0, help="no part starts after this (seconds)")
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 5)
@@ -492,10 +492,10 @@ def main(argv=None) -> int:
     result["pipeline"] = result["pipeline"] or []
 
     def bundles():
-        out = []
-        for dims in BUNDLES:
-            share = min(budgets["bundles"] / len(BUNDLES), left())
-            out.append(run_bundle(dims, args.tiny, args.iterations, share))
+        out, t0 = [], time.perf_counter()
+        for i, dims in enumerate(BUNDLES):  # each gets an equal share of what is left of the part's budget
+            share = (budgets["bundles"] - (time.perf_counter() - t0)) / (len(BUNDLES) - i)
+            out.append(run_bundle(dims, args.tiny, args.iterations, max(min(share, left()), 1.0)))
         return out
 
     result["bundles"] = part("bundles", bundles) or []
