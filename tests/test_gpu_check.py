@@ -46,7 +46,9 @@ def tiny_check(tmp_path_factory):
     before = {p for b in ("frepa_pretrain_2d", "frepa_pretrain_3d") for p in (REPO / "bundles" / b).rglob("*")}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--tiny", "--out", str(out)]
-    cmd += ["--parts", "steps", "pipeline", "bundles"]  # torch.compile takes minutes on a 2-core CPU
+    # torch.compile takes minutes on a 2-core CPU; the pipeline part runs tools/benchmark_pipeline.py, which
+    # tests/test_pipeline.py covers (half a minute here)
+    cmd += ["--parts", "steps", "bundles"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = {p for b in ("frepa_pretrain_2d", "frepa_pretrain_3d") for p in (REPO / "bundles" / b).rglob("*")}
@@ -57,7 +59,8 @@ def tiny_check(tmp_path_factory):
 def test_tiny_gpu_check_measures_every_part(tiny_check):
     result, table, written = tiny_check
     assert written == set(), "the bundle runs must write into their temporary copies only"
-    assert result["errors"] == {} and result["skipped"] == {"compile": "not in --parts"}
+    assert result["errors"] == {}
+    assert result["skipped"] == {"compile": "not in --parts", "pipeline": "not in --parts"}
 
     hw = result["hardware"]
     assert hw["torch"] == torch.__version__ and hw["cpu_count"] == os.cpu_count()
@@ -79,11 +82,7 @@ def test_tiny_gpu_check_measures_every_part(tiny_check):
         by = {s["strategy"]: s["time_ms"] for s in steps if s["dims"] == dims and s["mode"] == mode}
         assert r["ratio"] == pytest.approx(by["frepa"] / (2 * by["plain"]))
 
-    assert {p["bundle"] for p in result["pipeline"]} == {"frepa_pretrain_2d", "frepa_pretrain_3d"}
-    for p in result["pipeline"]:  # skipped only where tools/benchmark_pipeline.py is absent
-        tool = (REPO / "tools" / "benchmark_pipeline.py").exists()
-        assert p["status"] in (("ok", "error") if tool else ("skipped",)), p
-        assert p["status"] == "ok" or p.get("reason") or p.get("error")
+    assert result["pipeline"] == []
 
     bundles = {b["bundle"]: b for b in result["bundles"]}
     assert set(bundles) == {"frepa_pretrain_2d", "frepa_pretrain_3d"}
